@@ -1,0 +1,52 @@
+"""EngineConfig: built once, validated here, handed to every engine part."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str
+    lora: str | None = None
+    dtype: str = "bf16"
+    device: str = "cpu"
+    # KV pool: an explicit byte budget wins; otherwise a fraction of free GPU memory, or 1 GiB on CPU.
+    kv_cache_memory: int | None = None
+    gpu_memory_fraction: float = 0.5
+    page_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # default: the model's max positions
+    seed: int = 0  # for requests that bring no seed
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of fp32, bf16, fp16, got {self.dtype!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device cuda requested but torch sees no CUDA device")
+        for name in ("page_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory < 1:
+            raise ValueError(f"kv_cache_memory must be positive bytes, got {self.kv_cache_memory}")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def kv_budget_bytes(self) -> int:
+        if self.kv_cache_memory is not None:
+            return self.kv_cache_memory
+        if self.device.startswith("cuda"):  # CUDA only: size from what is free after the weights loaded
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+            return int(free * self.gpu_memory_fraction)
+        return 1 << 30

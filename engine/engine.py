@@ -1,0 +1,168 @@
+"""Engine.step(): schedule -> forward -> decode -> commit -> outputs. Synchronous; one thread owns it."""
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+import torch
+
+from . import decoding
+from .config import EngineConfig
+from .kv_cache import PagePool, pages_for_budget
+from .models.decoder import KVCache
+from .models.loader import load_model
+from .outputs import RequestOutput, StepStats
+from .params import DecodeParams
+from .runner import Runner
+from .scheduler import Scheduler
+from .sequence import Knobs, Sequence
+
+# AR checkpoints have no mask token; the placeholder fed at the next position is never attended to.
+AR_PLACEHOLDER_ID = 0
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, model=None):
+        self.config = config
+        if model is None:
+            self.spec, self.model = load_model(config.model, config.torch_dtype, config.device, config.lora)
+        else:
+            self.spec, self.model = model
+        spec = self.spec
+        self.max_model_len = min(config.max_model_len or spec.max_positions, spec.max_positions)
+        num_pages = pages_for_budget(spec, config.torch_dtype, config.kv_budget_bytes(), config.page_size)
+        self.pool = PagePool(num_pages, config.page_size)
+        self.kv = KVCache(spec, num_pages * config.page_size, config.torch_dtype, config.device)
+        self.runner = Runner(self.model, self.kv, self.pool)
+        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal)
+        self.requests: dict[str, Sequence] = {}
+        self._order = itertools.count()
+        self._seed_rng = random.Random(config.seed)
+        self.stats = StepStats(pages_free=self.pool.num_free)
+
+    # ---- requests -------------------------------------------------------------------------
+    def resolve_knobs(self, params: DecodeParams) -> Knobs:
+        """Fill model defaults in and check the request against this model; ValueError if it cannot run."""
+        params.verify()
+        spec = self.spec
+        block = params.block_size or spec.block_size
+        if not spec.valid_block_size(block):
+            if not spec.is_d2f:
+                raise ValueError(f"block_size must be 1 for this autoregressive model, got {block}")
+            raise ValueError(f"block_size must be a multiple of the model's training block size "
+                             f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
+        stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
+        if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
+            taus = (1.0, 1.0, 1.0)
+        else:
+            taus = (_pick(params.tau_add, spec.tau_add), _pick(params.tau_act, spec.tau_act),
+                    _pick(params.tau_conf, spec.tau_conf))
+        return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
+                     max_tokens=params.max_tokens, temperature=float(params.temperature),
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: DecodeParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        knobs = self.resolve_knobs(params)
+        if not prompt_ids:
+            raise ValueError("prompt must contain at least one token")
+        bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {self.spec.vocab_size})")
+        need = len(prompt_ids) + -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
+        if need > self.max_model_len:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
+                             f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
+        capacity = self.pool.num_pages * self.pool.page_size
+        if need > capacity:
+            raise ValueError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
+        gen = None
+        if knobs.temperature > 0:
+            seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
+            gen = torch.Generator(device=self.model.device).manual_seed(seed)
+        seq = Sequence(request_id, list(prompt_ids), knobs,
+                       mask_id=self.spec.mask_token_id if self.spec.is_d2f else AR_PLACEHOLDER_ID,
+                       generator=gen, order=next(self._order))
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.remove(seq)
+        return RequestOutput(request_id, [], seq.answer[:seq.emitted], True, "abort",
+                             seq.num_forwards, seq.prompt_len)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the loop -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        works = self.scheduler.schedule()
+        outputs: list[RequestOutput] = []
+        committed = 0
+        fwd = 0.0
+        if works:
+            t1 = time.perf_counter()
+            logits = self.runner.run(works)
+            if self.model.device.type == "cuda":  # CUDA only: make the timing honest
+                torch.cuda.synchronize()
+            fwd = time.perf_counter() - t1
+            for work, rows in zip(works, logits):
+                seq = work.seq
+                seq.cached_len = work.commit_upto
+                seq.num_forwards += 1
+                if work.predict:
+                    x0, conf = decoding.choose(rows, seq.knobs, seq.generator)
+                    committed += decoding.commit(seq, work.predict, x0, conf)
+                    decoding.finish_blocks(seq)
+                out = self._output(seq)
+                if out is not None:
+                    outputs.append(out)
+        self._record(works, committed, fwd, time.perf_counter() - t0)
+        return outputs
+
+    def _output(self, seq: Sequence) -> RequestOutput | None:
+        answer, reason = decoding.check_finished(seq)
+        if reason is not None:
+            self.requests.pop(seq.request_id, None)
+            self.scheduler.remove(seq)
+            new, seq.emitted = answer[seq.emitted:], len(answer)
+            seq.finish_reason = reason
+            return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len)
+        boundary = min(decoding.emit_boundary(seq), len(answer))
+        if boundary <= seq.emitted:
+            return None
+        new, seq.emitted = answer[seq.emitted:boundary], boundary
+        return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len)
+
+    def _record(self, works, committed: int, fwd: float, total: float) -> None:
+        s = self.stats
+        s.running, s.waiting = len(self.scheduler.running), len(self.scheduler.waiting)
+        s.pages_used, s.pages_free = self.pool.num_used, self.pool.num_free
+        s.tokens_in_forward = sum(w.end - w.start for w in works)
+        s.num_seqs_in_forward = len(works)
+        s.tokens_committed = committed
+        s.preemptions_total = self.scheduler.num_preemptions
+        s.forward_seconds, s.step_seconds = fwd, total
+
+    def generate(self, prompts: list[list[int]], params: DecodeParams | list[DecodeParams]) -> list[RequestOutput]:
+        """Run prompts to completion (all batched together); final outputs in prompt order."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"gen-{next(self._order)}" for _ in prompts]
+        for rid, prompt, p in zip(ids, prompts, plist):
+            self.add_request(rid, prompt, p)
+        final: dict[str, RequestOutput] = {}
+        while len(final) < len(ids):
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[rid] for rid in ids]
+
+
+def _pick(value, default):
+    return default if value is None else value

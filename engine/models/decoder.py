@@ -1,0 +1,130 @@
+"""The one decoder: RMSNorm, RoPE, GQA attention over a paged KV cache, SwiGLU, optional qkv bias.
+
+Tokens of all sequences in a step are packed into one [T, hidden] tensor (no padding between
+sequences) for every matmul; only attention regroups them per sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .spec import ModelSpec
+
+
+@dataclass(slots=True)
+class AttnBatch:
+    """Where each packed token goes for attention; built by the runner once per step."""
+    positions: torch.Tensor     # [T] absolute position ids (padding rows: 0)
+    write_slots: torch.Tensor   # [T] KV slot each token's K/V is written to (padding: the scratch slot)
+    gather_slots: torch.Tensor  # [B * Lk] KV slots of each sequence's keys, padded per sequence
+    query_rows: torch.Tensor    # [T] row of each packed token in the padded [B * Lq] query grid
+    mask: torch.Tensor | None   # [B, 1, Lq, Lk] bool, True = may attend; None = attend to all
+    num_seqs: int
+    q_len: int
+    k_len: int
+
+
+class KVCache:
+    """K (after RoPE) and V for every slot; slot = page * page_size + offset. The last slot is scratch."""
+
+    def __init__(self, spec: ModelSpec, num_slots: int, dtype: torch.dtype, device: str):
+        shape = (spec.num_layers, num_slots + 1, spec.num_kv_heads, spec.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.scratch_slot = num_slots
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Decoder(torch.nn.Module):
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.spec = spec
+        # Fused projections: one matmul for q|k|v and one for gate|up per layer.
+        self.embed = weights["embed"]
+        self.norm = weights["norm"]
+        self.lm_head = weights.get("lm_head", self.embed)
+        self.layers = []
+        for i in range(spec.num_layers):
+            p = f"layers.{i}."
+            layer = {
+                "attn_norm": weights[p + "attn_norm"],
+                "qkv": torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]]),
+                "o": weights[p + "o"],
+                "mlp_norm": weights[p + "mlp_norm"],
+                "gate_up": torch.cat([weights[p + "gate"], weights[p + "up"]]),
+                "down": weights[p + "down"],
+            }
+            if spec.qkv_bias:
+                layer["qkv_bias"] = torch.cat([weights[p + "q_bias"], weights[p + "k_bias"], weights[p + "v_bias"]])
+            self.layers.append(layer)
+        half = spec.head_dim // 2
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
+        angles = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        # RoPE tables in fp32 whatever the model dtype (LLaDA computes RoPE in fp32).
+        self.cos = angles.cos().float().to(self.embed.device)
+        self.sin = angles.sin().float().to(self.embed.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+    def _attention(self, q, k, v, li: int, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
+        spec = self.spec
+        kv.k[li].index_copy_(0, batch.write_slots, k)
+        kv.v[li].index_copy_(0, batch.write_slots, v)
+        b, lq, lk = batch.num_seqs, batch.q_len, batch.k_len
+        keys = kv.k[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
+        vals = kv.v[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
+        grid = q.new_zeros(b * lq + 1, spec.num_heads, spec.head_dim)
+        grid.index_copy_(0, batch.query_rows, q)
+        queries = grid[:-1].view(b, lq, spec.num_heads, spec.head_dim)
+        out = F.scaled_dot_product_attention(
+            queries.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
+            attn_mask=batch.mask, enable_gqa=spec.num_heads != spec.num_kv_heads)
+        out = out.transpose(1, 2).reshape(b * lq, spec.num_heads * spec.head_dim)
+        # Padding rows of the packed batch read the appended zero row.
+        out = torch.cat([out, out.new_zeros(1, out.shape[1])])
+        return out.index_select(0, batch.query_rows)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:
+        """Packed token ids [T] -> final-normed hidden states [T, hidden]."""
+        spec = self.spec
+        h = F.embedding(input_ids, self.embed)
+        cos = self.cos.index_select(0, batch.positions)[:, None, :]
+        sin = self.sin.index_select(0, batch.positions)[:, None, :]
+        nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
+        t = input_ids.shape[0]
+        for li, layer in enumerate(self.layers):
+            x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
+            qkv = F.linear(x, layer["qkv"], layer.get("qkv_bias"))
+            q = self._rope(qkv[:, :nq].view(t, spec.num_heads, hd), cos, sin)
+            k = self._rope(qkv[:, nq:nq + nkv].view(t, spec.num_kv_heads, hd), cos, sin)
+            v = qkv[:, nq + nkv:].reshape(t, spec.num_kv_heads, hd)
+            h = h + F.linear(self._attention(q, k, v, li, kv, batch), layer["o"])
+            x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)
+            gate, up = F.linear(x, layer["gate_up"]).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, layer["down"])
+        return _rms_norm(h, self.norm, spec.rms_eps)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Only the rows the decoder needs; fp32 so softmax and thresholds never see bf16 rounding."""
+        return F.linear(hidden, self.lm_head).float()

@@ -1,0 +1,15 @@
+"""Checkpoint directory (+ optional LoRA) -> ModelSpec and a ready Decoder."""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import load_weights, read_spec
+from .decoder import Decoder
+from .spec import ModelSpec
+
+
+def load_model(model_dir, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               lora_dir=None) -> tuple[ModelSpec, Decoder]:
+    spec, _ = read_spec(model_dir)
+    weights = load_weights(model_dir, spec, dtype, device, lora_dir)
+    return spec, Decoder(spec, weights)

@@ -1,0 +1,59 @@
+"""Per-request decoding knobs. Plain dataclass: the server maps ValueError to HTTP 400."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# The paper's trade-off points (Dream, GSM8K): tau_act = tau_conf in {0.95, 0.9, 0.85}.
+SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
+
+
+def speed_to_taus(speed: float) -> tuple[float, float]:
+    """Map speed in [0, 1] monotonically onto (tau_conf, tau_act): 0 -> 0.95, 0.5 -> 0.9, 1 -> 0.85."""
+    tau = 0.95 - 0.10 * speed
+    return tau, tau
+
+
+@dataclass(slots=True)
+class DecodeParams:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    # D2F knobs; None = the model's recommended value.
+    block_size: int | None = None
+    tau_add: float | None = None
+    tau_act: float | None = None
+    tau_conf: float | None = None
+
+    def verify(self) -> None:
+        """Raise ValueError naming the bad field; never assert on user input."""
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        _finite("temperature", self.temperature, 0.0, 100.0)
+        _finite("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p <= 0.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
+            raise ValueError(f"block_size must be an integer >= 1, got {self.block_size!r}")
+        for name in ("tau_add", "tau_act", "tau_conf"):
+            value = getattr(self, name)
+            if value is not None:
+                _finite(name, value, 0.0, 1.0)
+        for tok in self.stop_token_ids:
+            if not isinstance(tok, int) or tok < 0:
+                raise ValueError(f"stop_token_ids must be non-negative integers, got {tok!r}")
+
+
+def _finite(name: str, value, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")

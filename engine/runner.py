@@ -1,0 +1,110 @@
+"""Builds one packed forward from the scheduled windows, runs the model, hands back logits per sequence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kv_cache import PagePool
+from .models.decoder import AttnBatch, Decoder, KVCache
+from .sequence import Sequence
+
+# Row counts are padded to a multiple of this: on CPU the fp32 GEMM kernels give a row the same
+# bits for any multiple of 8 rows, but not for 1-7 rows, so padding keeps a request's answer
+# independent of what else is in the batch.
+ROW_ALIGN = 8
+
+
+def _align(n: int) -> int:
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
+
+
+@dataclass(slots=True)
+class Work:
+    """One sequence's part of a step: feed tokens [start, end); [start, commit_upto) are final."""
+    seq: Sequence
+    start: int
+    end: int
+    commit_upto: int
+    predict: list[int]  # positions whose tokens this forward predicts
+
+
+def visible_end(seq: Sequence, pos: int, prompt_causal: bool) -> int:
+    """Block-causal attention: a token sees every position before the end of its own block."""
+    if pos < seq.prompt_len:
+        return pos + 1 if prompt_causal else seq.prompt_len
+    b = seq.knobs.block_size
+    return seq.prompt_len + ((pos - seq.prompt_len) // b + 1) * b
+
+
+class Runner:
+    def __init__(self, model: Decoder, kv: KVCache, pool: PagePool):
+        self.model = model
+        self.kv = kv
+        self.pool = pool
+        self.device = model.device
+        self.shift = model.spec.shift_logits
+        self.prompt_causal = model.spec.prompt_causal
+
+    def _slot_tensor(self, seq: Sequence, n: int) -> torch.Tensor:
+        ps = self.pool.page_size
+        pages = torch.tensor(seq.pages, dtype=torch.long)
+        return (pages[:, None] * ps + torch.arange(ps)).flatten()[:n]
+
+    def run(self, works: list[Work]) -> list[torch.Tensor]:
+        """One forward over every window; returns fp32 logits [len(w.predict), V] per work item."""
+        b = len(works)
+        q_len = max(w.end - w.start for w in works)
+        k_len = max(w.end for w in works)
+        ids, pos, write, qrows, gather, vis = [], [], [], [], [], []
+        for i, w in enumerate(works):
+            n = w.end - w.start
+            slots = self._slot_tensor(w.seq, w.end)
+            ids.append(torch.tensor(w.seq.tokens[w.start:w.end], dtype=torch.long))
+            pos.append(torch.arange(w.start, w.end))
+            write.append(slots[w.start:])
+            qrows.append(torch.arange(i * q_len, i * q_len + n))
+            gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
+            ends = [visible_end(w.seq, p, self.prompt_causal) for p in range(w.start, w.end)]
+            vis.append(torch.tensor(ends + [1] * (q_len - n), dtype=torch.long))  # padded rows see key 0
+        total = sum(len(x) for x in ids)
+        pad = _align(total) - total
+        ids.append(torch.zeros(pad, dtype=torch.long))
+        pos.append(torch.zeros(pad, dtype=torch.long))
+        write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
+        qrows.append(torch.full((pad,), b * q_len, dtype=torch.long))
+        vis_grid = torch.stack(vis)  # [B, Lq]
+        mask = torch.arange(k_len)[None, None, :] < vis_grid[:, :, None]
+        dev = self.device
+        batch = AttnBatch(
+            positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev),
+            gather_slots=torch.cat(gather).to(dev), query_rows=torch.cat(qrows).to(dev),
+            mask=None if bool(mask.all()) else mask[:, None].to(dev),
+            num_seqs=b, q_len=q_len, k_len=k_len)
+        hidden = self.model(torch.cat(ids).to(dev), batch, self.kv)
+        return self._logits(works, hidden)
+
+    def _logits(self, works: list[Work], hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Logits only for predicted positions; shifted models read the row before each position."""
+        rows, saved, offset = [], [], 0
+        extra = hidden.shape[0]  # saved rows (from earlier forwards) are appended after the packed ones
+        for w in works:
+            for p in w.predict:
+                src = p - 1 if self.shift else p
+                if src >= w.start:
+                    rows.append(offset + src - w.start)
+                else:  # the last committed position, computed when its block was committed
+                    rows.append(extra + len(saved))
+                    saved.append(w.seq.last_hidden)
+            if self.shift and w.commit_upto > w.start:
+                w.seq.last_hidden = hidden[offset + w.commit_upto - 1 - w.start].clone()
+            offset += w.end - w.start
+        source = torch.cat([hidden] + [s[None] for s in saved]) if saved else hidden
+        n = len(rows)
+        idx = torch.tensor(rows + [0] * (_align(n) - n), dtype=torch.long, device=self.device)
+        logits = self.model.logits(source.index_select(0, idx))[:n]
+        out, at = [], 0
+        for w in works:
+            out.append(logits[at:at + len(w.predict)])
+            at += len(w.predict)
+        return out

@@ -1,0 +1,104 @@
+"""Admission, continuous batching and preemption: which windows go into the next forward."""
+from __future__ import annotations
+
+from collections import deque
+
+from . import decoding
+from .config import EngineConfig
+from .kv_cache import PagePool
+from .runner import Work
+from .sequence import Sequence, Status
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, pool: PagePool, prompt_causal: bool):
+        self.config = config
+        self.pool = pool
+        self.prompt_causal = prompt_causal
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Finished or aborted: forget it and free its pages at once."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.pool.release(seq.pages)
+        seq.status = Status.FINISHED
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _plan(self, seq: Sequence, budget: int) -> tuple[int, bool] | None:
+        """(window end, add a block?) for this iteration, or None if it does not fit the budget."""
+        b = seq.knobs.block_size
+        if not seq.blocks and seq.cached_len < seq.prompt_len:  # still prefilling the prompt
+            rest = seq.prompt_len - seq.cached_len
+            if rest + b <= budget:
+                return seq.prompt_len + b, True
+            if self.prompt_causal and budget > 0:
+                return seq.cached_len + min(rest, budget), False  # exact: a causal prompt chunks
+            return None
+        add = decoding.wants_block(seq)
+        end = seq.end + (b if add else 0)
+        return (end, add) if end - seq.cached_len <= budget else None
+
+    def _make_work(self, seq: Sequence, end: int, add: bool) -> Work:
+        if add:
+            decoding.add_block(seq)
+        if not seq.blocks:  # a prompt chunk: all of it is final
+            return Work(seq, seq.cached_len, end, end, [])
+        decoding.activate(seq)
+        first = seq.first_active()
+        commit_upto = seq.blocks[first - 1].end if first else seq.prompt_len
+        return Work(seq, seq.cached_len, end, max(commit_upto, seq.cached_len), decoding.masked_positions(seq))
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a sequence's KV; it keeps its decoding state and recomputes its prefix when resumed."""
+        self.running.remove(seq)
+        self.pool.release(seq.pages)
+        seq.cached_len = 0
+        seq.last_hidden = None
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> list[Work]:
+        works: list[Work] = []
+        budget = self.config.max_num_batched_tokens
+        for seq in list(self.running):  # oldest first
+            if seq.status is not Status.RUNNING:
+                continue  # preempted earlier in this loop
+            plan = self._plan(seq, budget if works else 1 << 62)
+            if plan is None:
+                continue
+            end, add = plan
+            while not self.pool.grow(seq.pages, end):
+                victim = self.running[-1]  # newest; never one already scheduled (those are older)
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING:
+                continue
+            works.append(self._make_work(seq, end, add))
+            budget -= end - seq.cached_len
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            plan = self._plan(seq, budget if works else 1 << 62)
+            if plan is None:
+                break  # FIFO: nobody overtakes the head of the queue
+            end, add = plan
+            if not self.pool.grow(seq.pages, end):
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            self.running.sort(key=lambda s: s.order)  # a resumed sequence goes back to its place
+            works.append(self._make_work(seq, end, add))
+            budget -= end - seq.cached_len
+        return works

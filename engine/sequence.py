@@ -1,0 +1,110 @@
+"""One request's state: its tokens, its answer blocks, its KV pages and its counters."""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class Block:
+    start: int  # absolute position of the first token
+    size: int
+    masked: int
+    fully_activated: bool = False
+    # Set once the block has no masks and no earlier block is active (the spec's to_cache);
+    # it is in_cache once the sequence's cached_len has passed its end.
+    done: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    @property
+    def decoded_ratio(self) -> float:
+        return (self.size - self.masked) / self.size
+
+
+@dataclass(slots=True)
+class Knobs:
+    """A request's resolved decoding knobs (model defaults filled in)."""
+    block_size: int
+    tau_add: float
+    tau_act: float
+    tau_conf: float
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop_ids: frozenset[int]
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    knobs: Knobs
+    mask_id: int
+    generator: torch.Generator | None = None
+    order: int = 0               # admission order (FIFO); preemption takes the highest
+    arrival: float = field(default_factory=time.monotonic)
+    status: Status = Status.WAITING
+    tokens: list[int] = field(init=False)
+    # True where a position still holds an undecoded mask (a committed token may equal mask_id).
+    is_masked: list[bool] = field(init=False)
+    blocks: list[Block] = field(default_factory=list)
+    cached_len: int = 0          # positions [0, cached_len) hold final K/V in the cache
+    pages: list[int] = field(default_factory=list)
+    eos_seen: bool = False
+    num_forwards: int = 0
+    emitted: int = 0             # answer tokens already handed out
+    finish_reason: str | None = None
+    # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
+    last_hidden: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.tokens = list(self.prompt_ids)
+        self.is_masked = [False] * len(self.tokens)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def end(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def answer(self) -> list[int]:
+        return self.tokens[self.prompt_len:]
+
+    def max_blocks(self) -> int:
+        k = self.knobs
+        return -(-k.max_tokens // k.block_size)
+
+    def first_active(self) -> int:
+        """Index of the earliest block not yet done (len(blocks) if none)."""
+        for i, blk in enumerate(self.blocks):
+            if not blk.done:
+                return i
+        return len(self.blocks)
+
+    def window_start(self) -> int:
+        return self.cached_len
+
+    def finished_prefix(self) -> int:
+        """Answer tokens that are final and contiguous from the answer's start."""
+        n = 0
+        for blk in self.blocks:
+            if blk.masked:
+                return n + self.is_masked[blk.start:blk.end].index(True)
+            n += blk.size
+        return n
