@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 
@@ -17,6 +18,8 @@ from .params import DecodeParams
 from .runner import Runner
 from .scheduler import Scheduler
 from .sequence import Knobs, Sequence
+
+log = logging.getLogger("d2f.engine")
 
 # AR checkpoints have no mask token; the placeholder fed at the next position is never attended to.
 AR_PLACEHOLDER_ID = 0
@@ -108,23 +111,58 @@ class Engine:
         fwd = 0.0
         if works:
             t1 = time.perf_counter()
-            logits = self.runner.run(works)
+            logits = self._forward(works)
             if self.model.device.type == "cuda":  # CUDA only: make the timing honest
                 torch.cuda.synchronize()
             fwd = time.perf_counter() - t1
             for work, rows in zip(works, logits):
-                seq = work.seq
-                seq.cached_len = work.commit_upto
-                seq.num_forwards += 1
-                if work.predict:
-                    x0, conf = decoding.choose(rows, seq.knobs, seq.generator)
-                    committed += decoding.commit(seq, work.predict, x0, conf)
-                    decoding.finish_blocks(seq)
-                out = self._output(seq)
+                try:
+                    if isinstance(rows, BaseException):
+                        raise rows
+                    committed += self._advance(work, rows)
+                    out = self._output(work.seq)
+                except Exception:  # one request's fault fails that request alone
+                    log.exception("request %s failed", work.seq.request_id)
+                    out = self._fail(work.seq, "internal error while decoding this request")
                 if out is not None:
                     outputs.append(out)
         self._record(works, committed, fwd, time.perf_counter() - t0)
         return outputs
+
+    def _forward(self, works) -> list:
+        """One packed forward; if it fails, each window alone, so a bad one cannot sink the others."""
+        try:
+            return self.runner.run(works)
+        except Exception:
+            if len(works) == 1:
+                return [RuntimeError("forward failed")]
+        results = []
+        for work in works:
+            try:
+                results.extend(self.runner.run([work]))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _advance(self, work, rows: torch.Tensor) -> int:
+        seq = work.seq
+        seq.cached_len = work.commit_upto
+        seq.num_forwards += 1
+        if not work.predict:
+            return 0
+        if not bool(torch.isfinite(rows).all()):
+            raise FloatingPointError("non-finite logits")
+        x0, conf = decoding.choose(rows, seq.knobs, seq.generator)
+        n = decoding.commit(seq, work.predict, x0, conf)
+        decoding.finish_blocks(seq)
+        return n
+
+    def _fail(self, seq: Sequence, message: str) -> RequestOutput:
+        self.requests.pop(seq.request_id, None)
+        self.scheduler.remove(seq)
+        seq.finish_reason = "error"
+        return RequestOutput(seq.request_id, [], seq.answer[:seq.emitted], True, "error", seq.num_forwards,
+                             seq.prompt_len, error=message)
 
     def _output(self, seq: Sequence) -> RequestOutput | None:
         answer, reason = decoding.check_finished(seq)

