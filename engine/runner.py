@@ -9,14 +9,10 @@ from .kv_cache import PagePool
 from .models.decoder import AttnBatch, Decoder, KVCache
 from .sequence import Sequence
 
-# Row counts are padded to a multiple of this: on CPU the fp32 GEMM kernels give a row the same
-# bits for any multiple of 8 rows, but not for 1-7 rows, so padding keeps a request's answer
-# independent of what else is in the batch.
+# Without row-invariant kernels (F.linear), row counts are padded to a multiple of this: CPU GEMM
+# gives a row the same bits for any multiple of 8 rows but not for 1-7 rows, so padding keeps a
+# request's answer independent of what else is in the batch.
 ROW_ALIGN = 8
-
-
-def _align(n: int) -> int:
-    return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 
 @dataclass(slots=True)
@@ -45,6 +41,10 @@ class Runner:
         self.device = model.device
         self.shift = model.spec.shift_logits
         self.prompt_causal = model.spec.prompt_causal
+        self.align = 1 if model.row_invariant else ROW_ALIGN
+
+    def _align(self, n: int) -> int:
+        return -(-n // self.align) * self.align
 
     def _slot_tensor(self, seq: Sequence, n: int) -> torch.Tensor:
         ps = self.pool.page_size
@@ -68,7 +68,7 @@ class Runner:
             ends = [visible_end(w.seq, p, self.prompt_causal) for p in range(w.start, w.end)]
             vis.append(torch.tensor(ends + [1] * (q_len - n), dtype=torch.long))  # padded rows see key 0
         total = sum(len(x) for x in ids)
-        pad = _align(total) - total
+        pad = self._align(total) - total
         ids.append(torch.zeros(pad, dtype=torch.long))
         pos.append(torch.zeros(pad, dtype=torch.long))
         write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
@@ -101,7 +101,7 @@ class Runner:
             offset += w.end - w.start
         source = torch.cat([hidden] + [s[None] for s in saved]) if saved else hidden
         n = len(rows)
-        idx = torch.tensor(rows + [0] * (_align(n) - n), dtype=torch.long, device=self.device)
+        idx = torch.tensor(rows + [0] * (self._align(n) - n), dtype=torch.long, device=self.device)
         logits = self.model.logits(source.index_select(0, idx))[:n]
         out, at = [], 0
         for w in works:

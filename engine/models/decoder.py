@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .linear import Linear
 from .spec import ModelSpec
 
 
@@ -49,21 +50,25 @@ class Decoder(torch.nn.Module):
         # Fused projections: one matmul for q|k|v and one for gate|up per layer.
         self.embed = weights["embed"]
         self.norm = weights["norm"]
-        self.lm_head = weights.get("lm_head", self.embed)
+        self.lm_head = Linear(weights.get("lm_head", self.embed))
         self.layers = []
         for i in range(spec.num_layers):
             p = f"layers.{i}."
-            layer = {
-                "attn_norm": weights[p + "attn_norm"],
-                "qkv": torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]]),
-                "o": weights[p + "o"],
-                "mlp_norm": weights[p + "mlp_norm"],
-                "gate_up": torch.cat([weights[p + "gate"], weights[p + "up"]]),
-                "down": weights[p + "down"],
-            }
+            bias = None
             if spec.qkv_bias:
-                layer["qkv_bias"] = torch.cat([weights[p + "q_bias"], weights[p + "k_bias"], weights[p + "v_bias"]])
-            self.layers.append(layer)
+                bias = torch.cat([weights[p + "q_bias"], weights[p + "k_bias"], weights[p + "v_bias"]])
+            self.layers.append({
+                "attn_norm": weights[p + "attn_norm"],
+                "qkv": Linear(torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]]), bias),
+                "o": Linear(weights[p + "o"]),
+                "mlp_norm": weights[p + "mlp_norm"],
+                "gate_up": Linear(torch.cat([weights[p + "gate"], weights[p + "up"]])),
+                "down": Linear(weights[p + "down"]),
+            })
+            for name in ("q", "k", "v", "o", "gate", "up", "down"):
+                weights.pop(p + name, None)  # the fused / packed copies replace them
+        # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
+        self.row_invariant = self.lm_head.row_invariant
         half = spec.head_dim // 2
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
         angles = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
@@ -114,17 +119,17 @@ class Decoder(torch.nn.Module):
         t = input_ids.shape[0]
         for li, layer in enumerate(self.layers):
             x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
-            qkv = F.linear(x, layer["qkv"], layer.get("qkv_bias"))
+            qkv = layer["qkv"](x)
             q = self._rope(qkv[:, :nq].view(t, spec.num_heads, hd), cos, sin)
             k = self._rope(qkv[:, nq:nq + nkv].view(t, spec.num_kv_heads, hd), cos, sin)
             v = qkv[:, nq + nkv:].reshape(t, spec.num_kv_heads, hd)
-            h = h + F.linear(self._attention(q, k, v, li, kv, batch), layer["o"])
+            h = h + layer["o"](self._attention(q, k, v, li, kv, batch))
             x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)
-            gate, up = F.linear(x, layer["gate_up"]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer["down"])
+            gate, up = layer["gate_up"](x).chunk(2, dim=-1)
+            h = h + layer["down"](F.silu(gate) * up)
         return _rms_norm(h, self.norm, spec.rms_eps)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Only the rows the decoder needs; fp32 so softmax and thresholds never see bf16 rounding."""
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden).float()
