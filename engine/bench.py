@@ -34,6 +34,10 @@ def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tu
     return spec, Decoder(spec, {k: v.to(dtype) for k, v in w.items()})
 
 
+def _dtype(args) -> torch.dtype:
+    return EngineConfig(model="-", dtype=args.dtype).torch_dtype
+
+
 def _engine(model, dtype: str, **kw) -> Engine:
     return Engine(EngineConfig(model="<random smollm2 shapes>", dtype=dtype, kv_cache_memory=1 << 30, **kw),
                   model=model)
@@ -71,7 +75,7 @@ def _timed_run(engine: Engine, prompts: list[list[int]], params: DecodeParams) -
 
 def bench_engine(args) -> dict:
     """Single sequence: D2F at three tau_conf points and block size 1 (AR)."""
-    spec, model = smollm2_shaped(dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    spec, model = smollm2_shaped(dtype=_dtype(args))
     engine = _engine((spec, model), args.dtype)
     prompt = _prompt(args.prompt_len)
     engine.generate([prompt], DecodeParams(max_tokens=16, block_size=8, ignore_eos=True))  # warm-up
@@ -80,14 +84,14 @@ def bench_engine(args) -> dict:
         settings[f"d2f_b{args.block_size}_tau{tau}"] = DecodeParams(
             max_tokens=args.max_tokens, block_size=args.block_size, tau_conf=tau, tau_act=tau, ignore_eos=True)
     results = {name: _timed_run(engine, [prompt], p) for name, p in settings.items()}
-    return {"benchmark": "engine", "device": "cpu", "dtype": args.dtype, "threads": torch.get_num_threads(),
+    return {"benchmark": "engine", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
             "model": "SmolLM2-135M shapes, random weights", "prompt_tokens": args.prompt_len,
             "max_tokens": args.max_tokens, "results": results}
 
 
 def bench_batch(args) -> dict:
     """Aggregate throughput and per-request latency at several concurrencies, same knobs for all."""
-    spec, model = smollm2_shaped(dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    spec, model = smollm2_shaped(dtype=_dtype(args))
     engine = _engine((spec, model), args.dtype, max_num_seqs=128, max_num_batched_tokens=8192)
     params = DecodeParams(max_tokens=args.max_tokens, block_size=args.block_size, ignore_eos=True)
     engine.generate([_prompt(args.prompt_len)], DecodeParams(max_tokens=8, block_size=args.block_size,
@@ -99,14 +103,14 @@ def bench_batch(args) -> dict:
     base = results[str(args.concurrency[0])]["tokens_per_s"]
     for r in results.values():
         r["speedup_vs_first"] = round(r["tokens_per_s"] / base, 2)
-    return {"benchmark": "batch", "device": "cpu", "dtype": args.dtype, "threads": torch.get_num_threads(),
+    return {"benchmark": "batch", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
             "model": "SmolLM2-135M shapes, random weights", "block_size": args.block_size,
             "prompt_tokens": args.prompt_len, "max_tokens": args.max_tokens, "results": results}
 
 
 def add_arguments(p) -> None:
     p.add_argument("what", choices=["engine", "batch"], help="engine: one sequence; batch: concurrency sweep")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--prompt-len", type=int, default=42)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--block-size", type=int, default=8)

@@ -10,7 +10,8 @@ import time
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--lora", help="PEFT LoRA adapter directory, merged at load")
-    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32")
     p.add_argument("--device", default="cpu")
 
 

@@ -13,7 +13,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 class EngineConfig:
     model: str
     lora: str | None = None
-    dtype: str = "bf16"
+    dtype: str = "auto"
     device: str = "cpu"
     # KV pool: an explicit byte budget wins; otherwise a fraction of free GPU memory, or 1 GiB on CPU.
     kv_cache_memory: int | None = None
@@ -25,8 +25,8 @@ class EngineConfig:
     seed: int = 0  # for requests that bring no seed
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of fp32, bf16, fp16, got {self.dtype!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, fp32, bf16, fp16, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -41,7 +41,15 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if self.device.startswith("cuda"):
+            return torch.bfloat16
+        # On CPU bf16 only pays where the CPU has native bf16 matmuls (AVX512-BF16/AMX); on plain
+        # AVX2, torch emulates bf16 GEMM and a 16-token window costs 2-4x the fp32 one.
+        from .models.linear import onednn_supported
+
+        return torch.bfloat16 if onednn_supported(torch.bfloat16, "cpu") else torch.float32
 
     def kv_budget_bytes(self) -> int:
         if self.kv_cache_memory is not None:

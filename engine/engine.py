@@ -38,7 +38,7 @@ class Engine:
         self.pool = PagePool(num_pages, config.page_size)
         self.kv = KVCache(spec, num_pages * config.page_size, config.torch_dtype, config.device)
         self.runner = Runner(self.model, self.kv, self.pool)
-        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal)
+        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal, spec.shift_logits)
         self.requests: dict[str, Sequence] = {}
         self._order = itertools.count()
         self._seed_rng = random.Random(config.seed)

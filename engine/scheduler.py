@@ -11,10 +11,11 @@ from .sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, pool: PagePool, prompt_causal: bool):
+    def __init__(self, config: EngineConfig, pool: PagePool, prompt_causal: bool, shift_logits: bool):
         self.config = config
         self.pool = pool
         self.prompt_causal = prompt_causal
+        self.shift_logits = shift_logits
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -55,8 +56,13 @@ class Scheduler:
             return Work(seq, seq.cached_len, end, end, [])
         decoding.activate(seq)
         first = seq.first_active()
-        commit_upto = seq.blocks[first - 1].end if first else seq.prompt_len
-        return Work(seq, seq.cached_len, end, max(commit_upto, seq.cached_len), decoding.masked_positions(seq))
+        commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
+        last = seq.blocks[-1]
+        if self.shift_logits and last.size == 1 and last.masked and end - 1 > max(seq.cached_len, commit_upto):
+            # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
+            # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
+            end -= 1
+        return Work(seq, seq.cached_len, end, commit_upto, decoding.masked_positions(seq))
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's KV; it keeps its decoding state and recomputes its prefix when resumed."""
