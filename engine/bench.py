@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from . import bench_speed
 from .config import EngineConfig
 from .engine import Engine
 from .models.decoder import Decoder
@@ -109,15 +110,19 @@ def bench_batch(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("what", choices=["engine", "batch"], help="engine: one sequence; batch: concurrency sweep")
+    p.add_argument("what", choices=["engine", "batch", "speed"],
+                   help="engine: one sequence, random weights; batch: concurrency sweep; speed: a real model "
+                        "against the GEMV floor and llama.cpp")
+    p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--prompt-len", type=int, default=42)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--block-size", type=int, default=8)
+    bench_speed.add_arguments(p)
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
 
 
 def run(args) -> int:
-    result = bench_engine(args) if args.what == "engine" else bench_batch(args)
+    result = {"engine": bench_engine, "batch": bench_batch, "speed": bench_speed.run}[args.what](args)
     print(json.dumps(result, indent=1))
     return 0
