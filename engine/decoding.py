@@ -91,10 +91,10 @@ def commit(seq: Sequence, positions: list[int], x0: torch.Tensor, conf: torch.Te
 
 def finish_blocks(seq: Sequence) -> None:
     """Blocks with no masks become done (to_cache) in order; a later one waits for an active predecessor."""
-    for blk in seq.blocks[seq.first_active():]:
+    for blk in seq.blocks[seq.num_done:]:
         if blk.masked:
             break
-        blk.done = True
+        seq.num_done += 1
 
 
 def check_finished(seq: Sequence) -> tuple[list[int], str | None]:
@@ -102,9 +102,10 @@ def check_finished(seq: Sequence) -> tuple[list[int], str | None]:
     knobs = seq.knobs
     ready = min(seq.finished_prefix(), knobs.max_tokens)
     answer = seq.tokens[seq.prompt_len:seq.prompt_len + ready]
-    for i, tok in enumerate(answer):
-        if tok in knobs.stop_ids:
+    for i in range(seq.scanned, ready):  # final tokens never change: each is checked once
+        if answer[i] in knobs.stop_ids:
             return answer[:i], "stop"
+    seq.scanned = ready
     if ready == knobs.max_tokens:
         return answer, "length"
     return answer, None
@@ -112,9 +113,6 @@ def check_finished(seq: Sequence) -> tuple[list[int], str | None]:
 
 def emit_boundary(seq: Sequence) -> int:
     """Answer tokens in whole done blocks: what may be streamed (one chunk per committed block)."""
-    n = 0
-    for blk in seq.blocks:
-        if blk.masked:
-            break
-        n += blk.size
-    return n
+    if seq.num_done == 0:
+        return 0
+    return seq.blocks[seq.num_done - 1].end - seq.prompt_len

@@ -25,12 +25,13 @@ class Work:
     predict: list[int]  # positions whose tokens this forward predicts
 
 
-def visible_end(seq: Sequence, pos: int, prompt_causal: bool) -> int:
+def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> torch.Tensor:
     """Block-causal attention: a token sees every position before the end of its own block."""
-    if pos < seq.prompt_len:
-        return pos + 1 if prompt_causal else seq.prompt_len
-    b = seq.knobs.block_size
-    return seq.prompt_len + ((pos - seq.prompt_len) // b + 1) * b
+    pos = torch.arange(start, end)
+    p, b = seq.prompt_len, seq.knobs.block_size
+    answer_end = p + ((pos - p).clamp(min=0) // b + 1) * b
+    prompt_end = pos + 1 if prompt_causal else torch.full_like(pos, p)
+    return torch.where(pos < p, prompt_end, answer_end)
 
 
 class Runner:
@@ -65,8 +66,8 @@ class Runner:
             write.append(slots[w.start:])
             qrows.append(torch.arange(i * q_len, i * q_len + n))
             gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
-            ends = [visible_end(w.seq, p, self.prompt_causal) for p in range(w.start, w.end)]
-            vis.append(torch.tensor(ends + [1] * (q_len - n), dtype=torch.long))  # padded rows see key 0
+            ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
+            vis.append(torch.nn.functional.pad(ends, (0, q_len - n), value=1))  # padded rows see key 0
         total = sum(len(x) for x in ids)
         pad = self._align(total) - total
         ids.append(torch.zeros(pad, dtype=torch.long))

@@ -20,9 +20,6 @@ class Block:
     size: int
     masked: int
     fully_activated: bool = False
-    # Set once the block has no masks and no earlier block is active (the spec's to_cache);
-    # it is in_cache once the sequence's cached_len has passed its end.
-    done: bool = False
 
     @property
     def end(self) -> int:
@@ -66,6 +63,10 @@ class Sequence:
     eos_seen: bool = False
     num_forwards: int = 0
     emitted: int = 0             # answer tokens already handed out
+    # Blocks [0, num_done) are done: no masks and no earlier active block (the spec's to_cache); a done
+    # block is in_cache once cached_len has passed its end. Blocks finish strictly in order.
+    num_done: int = 0
+    scanned: int = 0             # final answer tokens already checked for stop tokens
     finish_reason: str | None = None
     # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
     last_hidden: torch.Tensor | None = None
@@ -92,19 +93,16 @@ class Sequence:
 
     def first_active(self) -> int:
         """Index of the earliest block not yet done (len(blocks) if none)."""
-        for i, blk in enumerate(self.blocks):
-            if not blk.done:
-                return i
-        return len(self.blocks)
+        return self.num_done
 
     def window_start(self) -> int:
         return self.cached_len
 
     def finished_prefix(self) -> int:
         """Answer tokens that are final and contiguous from the answer's start."""
-        n = 0
-        for blk in self.blocks:
-            if blk.masked:
-                return n + self.is_masked[blk.start:blk.end].index(True)
-            n += blk.size
-        return n
+        if self.num_done == len(self.blocks):
+            return self.end - self.prompt_len
+        blk = self.blocks[self.num_done]  # done blocks have no masks, and the next one would be done too
+        if not blk.masked:
+            return blk.end - self.prompt_len
+        return blk.start - self.prompt_len + self.is_masked[blk.start:blk.end].index(True)
