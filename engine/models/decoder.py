@@ -97,13 +97,19 @@ class Decoder(torch.nn.Module):
         b, lq, lk = batch.num_seqs, batch.q_len, batch.k_len
         keys = kv.k[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
         vals = kv.v[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
-        grid = q.new_zeros(b * lq + 1, spec.num_heads, spec.head_dim)
-        grid.index_copy_(0, batch.query_rows, q)
-        queries = grid[:-1].view(b, lq, spec.num_heads, spec.head_dim)
+        direct = b == 1 and q.shape[0] == lq  # one sequence, no padding rows: no regrouping needed
+        if direct:
+            queries = q.view(1, lq, spec.num_heads, spec.head_dim)
+        else:
+            grid = q.new_zeros(b * lq + 1, spec.num_heads, spec.head_dim)
+            grid.index_copy_(0, batch.query_rows, q)
+            queries = grid[:-1].view(b, lq, spec.num_heads, spec.head_dim)
         out = F.scaled_dot_product_attention(
             queries.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
             attn_mask=batch.mask, enable_gqa=spec.num_heads != spec.num_kv_heads)
         out = out.transpose(1, 2).reshape(b * lq, spec.num_heads * spec.head_dim)
+        if direct:
+            return out
         # Padding rows of the packed batch read the appended zero row.
         out = torch.cat([out, out.new_zeros(1, out.shape[1])])
         return out.index_select(0, batch.query_rows)
