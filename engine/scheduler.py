@@ -58,7 +58,7 @@ class Scheduler:
         first = seq.first_active()
         commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
         last = seq.blocks[-1]
-        if self.shift_logits and last.size == 1 and last.masked and end - 1 > max(seq.cached_len, commit_upto):
+        if self.shift_logits and last.size == 1 and last.masked and end - 1 > seq.cached_len:
             # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
             # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
             end -= 1

@@ -28,19 +28,23 @@ class AttnBatch:
 
 
 class KVCache:
-    """K (after RoPE) and V for every slot; slot = page * page_size + offset. The last slot is scratch."""
+    """K (after RoPE) and V side by side for every slot: kv[layer, slot] = [K heads | V heads].
+
+    slot = page * page_size + offset; the last slot is scratch for padding rows. One tensor per layer
+    means one scatter and one gather per layer per step.
+    """
 
     def __init__(self, spec: ModelSpec, num_slots: int, dtype: torch.dtype, device: str):
-        shape = (spec.num_layers, num_slots + 1, spec.num_kv_heads, spec.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (spec.num_layers, num_slots + 1, 2 * spec.num_kv_heads, spec.head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self.scratch_slot = num_slots
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op
+    # Half precision: normalise in fp32, scale after casting back, as the reference models do.
+    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
 class Decoder(torch.nn.Module):
@@ -90,16 +94,16 @@ class Decoder(torch.nn.Module):
         x1, x2 = xf[..., :half], xf[..., half:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
-    def _attention(self, q, k, v, li: int, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
+    def _attention(self, q, kv_new, li: int, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
         spec = self.spec
-        kv.k[li].index_copy_(0, batch.write_slots, k)
-        kv.v[li].index_copy_(0, batch.write_slots, v)
-        b, lq, lk = batch.num_seqs, batch.q_len, batch.k_len
-        keys = kv.k[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
-        vals = kv.v[li].index_select(0, batch.gather_slots).view(b, lk, spec.num_kv_heads, spec.head_dim)
+        layer_kv = kv.kv[li]
+        layer_kv.index_copy_(0, batch.write_slots, kv_new)
+        b, lq, lk, nkv = batch.num_seqs, batch.q_len, batch.k_len, spec.num_kv_heads
+        gathered = layer_kv.index_select(0, batch.gather_slots).view(b, lk, 2 * nkv, spec.head_dim)
+        keys, vals = gathered[:, :, :nkv], gathered[:, :, nkv:]
         direct = b == 1 and q.shape[0] == lq  # one sequence, no padding rows: no regrouping needed
         if direct:
-            queries = q.view(1, lq, spec.num_heads, spec.head_dim)
+            queries = q.reshape(1, lq, spec.num_heads, spec.head_dim)
         else:
             grid = q.new_zeros(b * lq + 1, spec.num_heads, spec.head_dim)
             grid.index_copy_(0, batch.query_rows, q)
@@ -123,13 +127,13 @@ class Decoder(torch.nn.Module):
         sin = self.sin.index_select(0, batch.positions)[:, None, :]
         nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
         t = input_ids.shape[0]
+        heads = spec.num_heads + spec.num_kv_heads
         for li, layer in enumerate(self.layers):
             x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
             qkv = layer["qkv"](x)
-            q = self._rope(qkv[:, :nq].view(t, spec.num_heads, hd), cos, sin)
-            k = self._rope(qkv[:, nq:nq + nkv].view(t, spec.num_kv_heads, hd), cos, sin)
-            v = qkv[:, nq + nkv:].reshape(t, spec.num_kv_heads, hd)
-            h = h + layer["o"](self._attention(q, k, v, li, kv, batch))
+            qk = self._rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)  # q and k in one pass
+            kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], dim=1)
+            h = h + layer["o"](self._attention(qk[:, :spec.num_heads], kv_new, li, kv, batch))
             x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)
             gate, up = layer["gate_up"](x).chunk(2, dim=-1)
             h = h + layer["down"](F.silu(gate) * up)
