@@ -65,9 +65,8 @@ class Engine:
                      max_tokens=params.max_tokens, temperature=float(params.temperature),
                      top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: DecodeParams) -> None:
-        if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already running")
+    def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
+        """Every check add_request makes, without side effects: callers may run it on any thread."""
         knobs = self.resolve_knobs(params)
         if not prompt_ids:
             raise ValueError("prompt must contain at least one token")
@@ -81,6 +80,12 @@ class Engine:
         capacity = self.pool.num_pages * self.pool.page_size
         if need > capacity:
             raise ValueError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
+        return knobs
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: DecodeParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        knobs = self.validate(prompt_ids, params)
         gen = None
         if knobs.temperature > 0:
             seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
@@ -171,12 +176,14 @@ class Engine:
             self.scheduler.remove(seq)
             new, seq.emitted = answer[seq.emitted:], len(answer)
             seq.finish_reason = reason
-            return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len)
+            return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
+                                 queue_seconds=_queue(seq))
         boundary = min(decoding.emit_boundary(seq), len(answer))
         if boundary <= seq.emitted:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
-        return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len)
+        return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len,
+                             queue_seconds=_queue(seq))
 
     def _record(self, works, committed: int, fwd: float, total: float) -> None:
         s = self.stats
@@ -200,6 +207,10 @@ class Engine:
                 if out.finished:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
+
+
+def _queue(seq: Sequence) -> float | None:
+    return None if seq.admitted is None else seq.admitted - seq.arrival
 
 
 def _pick(value, default):

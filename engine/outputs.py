@@ -14,6 +14,7 @@ class RequestOutput:
     num_forwards: int          # model forwards this request took part in
     num_prompt_tokens: int
     error: str | None = None   # a message safe to show the client when finish_reason == "error"
+    queue_seconds: float | None = None  # arrival to first forward
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """Admission, continuous batching and preemption: which windows go into the next forward."""
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from . import decoding
@@ -103,6 +104,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
+            if seq.admitted is None:
+                seq.admitted = time.monotonic()
             self.running.append(seq)
             self.running.sort(key=lambda s: s.order)  # a resumed sequence goes back to its place
             works.append(self._make_work(seq, end, add))

@@ -53,6 +53,7 @@ class Sequence:
     generator: torch.Generator | None = None
     order: int = 0               # admission order (FIFO); preemption takes the highest
     arrival: float = field(default_factory=time.monotonic)
+    admitted: float | None = None  # first time the scheduler gave it a forward
     status: Status = Status.WAITING
     tokens: list[int] = field(init=False)
     # True where a position still holds an undecoded mask (a committed token may equal mask_id).
