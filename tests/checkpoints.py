@@ -17,8 +17,8 @@ MASK_ID = 95
 EOS_ID = 2
 
 
-def _common(seed: int, layers: int, tie: bool) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+def _common(seed: int, layers: int, tie: bool, vocab: int = VOCAB) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tie,
                 eos_token_id=EOS_ID, bos_token_id=1, pad_token_id=0)
@@ -37,9 +37,9 @@ def _sharpen(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
 
 
-def hf_llama(seed: int = 0, layers: int = 2, tie: bool = False) -> LlamaForCausalLM:
+def hf_llama(seed: int = 0, layers: int = 2, tie: bool = False, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**_common(seed, layers, tie))).eval()
+    model = LlamaForCausalLM(LlamaConfig(**_common(seed, layers, tie, vocab))).eval()
     _sharpen(model, seed)
     return model
 

@@ -1,0 +1,112 @@
+"""build_app(): the lifespan starts and stops the async engine; routes and error handlers are attached."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
+from engine.engine import Engine
+
+from . import errors, routes
+from .metrics import Metrics
+
+log = logging.getLogger("d2f.server")
+
+
+@dataclass
+class ServerSettings:
+    model: str
+    lora: str | None = None
+    served_model_name: str | None = None
+    api_keys: list[str] = field(default_factory=list)
+    dtype: str = "auto"
+    device: str = "cpu"
+    kv_cache_memory: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    max_queue: int = 256            # running + waiting requests before 429
+    default_max_tokens: int = 1024  # chat requests that name no limit
+    request_timeout: float = 600.0
+    drain_timeout: float = 30.0
+    protect_metrics: bool = False
+    allowed_origins: list[str] = field(default_factory=list)
+    log_requests: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(self.model).name
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(model=self.model, lora=self.lora, dtype=self.dtype, device=self.device,
+                            kv_cache_memory=self.kv_cache_memory, max_num_seqs=self.max_num_seqs,
+                            max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len)
+
+
+class ServerState:
+    """What the routes share: settings, engine, tokenizer, metrics, the drain flag."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.model_name = settings.model_name
+        self.metrics = Metrics(self.model_name)
+        self.tokenizer = None
+        self.draining = False
+        self.inflight = 0  # HTTP requests being served, for the drain
+        config = settings.engine_config()  # validates the settings before any loading starts
+
+        def build() -> Engine:
+            from engine.tokenizer import load_tokenizer
+
+            engine = Engine(config)
+            tokenizer = load_tokenizer(settings.model)
+            if tokenizer is None:
+                raise ValueError(f"{settings.model}: no tokenizer files; the HTTP API needs one")
+            self.tokenizer = tokenizer
+            return engine
+
+        self.engine = AsyncEngine(build)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.is_ready and self.tokenizer is not None and not self.draining
+
+
+def build_app(settings: ServerSettings) -> FastAPI:
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.engine.start()
+        waiter = asyncio.create_task(_announce_ready(state))
+        try:
+            yield
+        finally:
+            waiter.cancel()
+            await asyncio.to_thread(state.engine.shutdown)
+
+    app = FastAPI(title="d2f-serve", version="0.1.0", lifespan=lifespan)
+    app.state.d2f = state
+    errors.install(app)
+    if settings.allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    app.include_router(routes.router)
+    return app
+
+
+async def _announce_ready(state: ServerState) -> None:
+    try:
+        await state.engine.wait_ready()
+    except Exception as exc:  # noqa: BLE001 - reported in the log and by /health
+        log.error("model failed to load: %s", exc)
+        return
+    log.info("model %s ready: serving as %r", state.settings.model, state.model_name)

@@ -1,0 +1,186 @@
+"""Request models mirroring OpenAI's (field order as in OpenAI's docs), our extensions below a marker.
+
+Unknown fields are ignored; fields we accept but do not implement are refused with a clear 400.
+"""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+
+MAX_N = 16
+MAX_STOP = 16
+MAX_PROMPTS = 64
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    def _check_unsupported(self) -> None:
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
+        if self.frequency_penalty or self.presence_penalty:
+            raise ValueError("frequency_penalty and presence_penalty are not supported (use 0)")
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def decode_params(self, max_tokens: int | None) -> DecodeParams:
+        """The engine's knobs; explicit tau fields win over the speed preset."""
+        conf = act = None
+        if self.speed is not None:
+            level = SPEED_PRESETS[self.speed] if isinstance(self.speed, str) else float(self.speed)
+            conf, act = speed_to_taus(level)
+        return DecodeParams(
+            max_tokens=max_tokens if max_tokens is not None else 16,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0, seed=self.seed, ignore_eos=self.ignore_eos,
+            block_size=self.block_size, tau_add=self.tau_add,
+            tau_act=self.tau_act if self.tau_act is not None else act,
+            tau_conf=self.tau_conf if self.tau_conf is not None else conf)
+
+    @field_validator("stop", check_fields=False)
+    @classmethod
+    def _stop(cls, v):
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        if any(s == "" for s in items):
+            raise ValueError("stop strings must be non-empty")
+        return v
+
+
+class CompletionRequest(_Common):
+    model: str | None = None
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    echo: bool = False
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = None
+    max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    user: str | None = None
+    # ---- d2f extensions ----
+    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
+    block_size: int | None = Field(None, ge=1, le=4096)
+    tau_add: float | None = Field(None, ge=0, le=1)
+    tau_act: float | None = Field(None, ge=0, le=1)
+    tau_conf: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _supported(self):
+        self._check_unsupported()
+        if self.logprobs is not None:
+            raise ValueError("logprobs is not supported yet")
+        if self.echo:
+            raise ValueError("echo is not supported")
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported")
+        if isinstance(self.speed, float) and not 0.0 <= self.speed <= 1.0:
+            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
+        p = self.prompt
+        if isinstance(p, list):
+            if not p:
+                raise ValueError("prompt must not be empty")
+            if len(p) > MAX_PROMPTS and isinstance(p[0], (str, list)):
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+            if isinstance(p[0], list) and any(not x for x in p):
+                raise ValueError("token-id prompts must not be empty")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [list(p)]
+        return list(p)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    model: str | None = None
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = False
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)
+    response_format: dict | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    tools: list | None = None
+    top_logprobs: int | None = None
+    top_p: float | None = Field(None, gt=0, le=1)
+    user: str | None = None
+    # ---- d2f extensions ----
+    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
+    block_size: int | None = Field(None, ge=1, le=4096)
+    tau_add: float | None = Field(None, ge=0, le=1)
+    tau_act: float | None = Field(None, ge=0, le=1)
+    tau_conf: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _supported(self):
+        self._check_unsupported()
+        if self.logprobs or self.top_logprobs:
+            raise ValueError("logprobs is not supported yet")
+        if self.tools:
+            raise ValueError("tools are not supported")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("only response_format type 'text' is supported")
+        if isinstance(self.speed, float) and not 0.0 <= self.speed <= 1.0:
+            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

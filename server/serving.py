@@ -1,0 +1,161 @@
+"""Request -> engine streams -> OpenAI JSON or SSE. One ChoiceRun per choice; n choices run concurrently."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from engine.async_engine import EngineDeadError
+from engine.params import DecodeParams
+
+from .errors import APIError, error_body
+from .textstream import TextStream
+
+
+@dataclass
+class Delta:
+    index: int
+    text: str
+    finish_reason: str | None = None  # set on exactly one delta per choice
+    error: str | None = None
+
+
+@dataclass
+class ChoiceRun:
+    """One engine request, turned into text deltas."""
+    state: object
+    index: int
+    prompt_ids: list[int]
+    params: DecodeParams
+    stop: list[str]
+    arrival: float
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    forwards: int = 0
+    error: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        st = self.state
+        stream = TextStream(st.tokenizer, self.stop)
+        last = None
+        agen = st.engine.generate(self.prompt_ids, self.params, self.request_id)
+        try:
+            async for out in agen:
+                now = time.monotonic()
+                st.metrics.ttfb.observe(now - self.arrival) if last is None else st.metrics.inter_block.observe(
+                    now - last)
+                if last is None and out.queue_seconds is not None:
+                    st.metrics.queue.observe(out.queue_seconds)
+                last = now
+                self.forwards = out.num_forwards
+                if out.finish_reason == "error":
+                    self.finish_reason, self.error = "error", out.error or "internal error"
+                    yield Delta(self.index, "", "error", self.error)
+                    return
+                if out.finish_reason == "abort":
+                    self.finish_reason, self.error = "error", "request aborted"
+                    yield Delta(self.index, "", "error", self.error)
+                    return
+                delta, stopped = stream.update(out.token_ids, out.finished)
+                self.text += delta
+                self.completion_tokens = len(out.token_ids)
+                if stopped:
+                    self.finish_reason = "stop"
+                    yield Delta(self.index, delta, "stop")
+                    return  # leaving the engine stream aborts the request and frees its KV
+                if out.finished:
+                    self.finish_reason = out.finish_reason
+                    yield Delta(self.index, delta, out.finish_reason)
+                    return
+                if delta:
+                    yield Delta(self.index, delta)
+        finally:
+            await agen.aclose()
+            self._record()
+
+    def _record(self) -> None:
+        m = self.state.metrics
+        m.outcome(self.finish_reason or "abort")
+        if self.finish_reason in ("stop", "length"):
+            m.e2e.observe(time.monotonic() - self.arrival)
+            m.forwards.observe(self.forwards)
+            if self.forwards:
+                m.tokens_per_forward.observe(self.completion_tokens / self.forwards)
+        m.generation_tokens.inc(self.completion_tokens)
+
+
+async def merged(runs: list[ChoiceRun]) -> AsyncIterator[Delta]:
+    """Interleave the deltas of several choices as they arrive; cancelling stops every choice."""
+    if len(runs) == 1:
+        async for d in runs[0].deltas():
+            yield d
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(run: ChoiceRun):
+        try:
+            async for d in run.deltas():
+                await queue.put(d)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            await queue.put(exc)
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.create_task(pump(r)) for r in runs]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def usage(runs: list[ChoiceRun], prompt_tokens: int) -> dict:
+    completion = sum(r.completion_tokens for r in runs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion, "forwards": sum(r.forwards for r in runs)}
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+async def collect(runs: list[ChoiceRun]) -> None:
+    """Non-streamed: run every choice to the end; an engine failure becomes an error response."""
+    try:
+        async for _ in merged(runs):
+            pass
+    except EngineDeadError:
+        raise APIError(503, "the engine is not running") from None
+    failed = [r for r in runs if r.finish_reason == "error"]
+    if failed:
+        raise APIError(500, failed[0].error or "internal error")
+
+
+async def stream_events(runs: list[ChoiceRun], chunk, final_usage) -> AsyncIterator[str]:
+    """SSE frames: chunk(delta) per block, an error event if a choice fails, usage, then [DONE]."""
+    try:
+        async for d in merged(runs):
+            if d.error is not None:
+                yield sse(error_body(500, d.error))
+                continue
+            yield sse(chunk(d))
+    except EngineDeadError:
+        yield sse(error_body(503, "the engine is not running"))
+    if final_usage is not None:
+        yield sse(final_usage())
+    yield "data: [DONE]\n\n"
