@@ -81,9 +81,10 @@ def bench_engine(args) -> dict:
     prompt = _prompt(args.prompt_len)
     engine.generate([prompt], DecodeParams(max_tokens=16, block_size=8, ignore_eos=True))  # warm-up
     settings = {"ar_block1": DecodeParams(max_tokens=args.max_tokens, block_size=1, ignore_eos=True)}
+    block = args.block_size or 8
     for tau in (0.95, 0.9, 0.7):
-        settings[f"d2f_b{args.block_size}_tau{tau}"] = DecodeParams(
-            max_tokens=args.max_tokens, block_size=args.block_size, tau_conf=tau, tau_act=tau, ignore_eos=True)
+        settings[f"d2f_b{block}_tau{tau}"] = DecodeParams(
+            max_tokens=args.max_tokens, block_size=block, tau_conf=tau, tau_act=tau, ignore_eos=True)
     results = {name: _timed_run(engine, [prompt], p) for name, p in settings.items()}
     return {"benchmark": "engine", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
             "model": "SmolLM2-135M shapes, random weights", "prompt_tokens": args.prompt_len,
@@ -94,8 +95,9 @@ def bench_batch(args) -> dict:
     """Aggregate throughput and per-request latency at several concurrencies, same knobs for all."""
     spec, model = smollm2_shaped(dtype=_dtype(args))
     engine = _engine((spec, model), args.dtype, max_num_seqs=128, max_num_batched_tokens=8192)
-    params = DecodeParams(max_tokens=args.max_tokens, block_size=args.block_size, ignore_eos=True)
-    engine.generate([_prompt(args.prompt_len)], DecodeParams(max_tokens=8, block_size=args.block_size,
+    block = args.block_size or 8
+    params = DecodeParams(max_tokens=args.max_tokens, block_size=block, ignore_eos=True)
+    engine.generate([_prompt(args.prompt_len)], DecodeParams(max_tokens=8, block_size=block,
                                                              ignore_eos=True))
     results = {}
     for conc in args.concurrency:
@@ -105,24 +107,31 @@ def bench_batch(args) -> dict:
     for r in results.values():
         r["speedup_vs_first"] = round(r["tokens_per_s"] / base, 2)
     return {"benchmark": "batch", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "model": "SmolLM2-135M shapes, random weights", "block_size": args.block_size,
+            "model": "SmolLM2-135M shapes, random weights", "block_size": block,
             "prompt_tokens": args.prompt_len, "max_tokens": args.max_tokens, "results": results}
 
 
 def add_arguments(p) -> None:
-    p.add_argument("what", choices=["engine", "batch", "speed"],
+    p.add_argument("what", choices=["engine", "batch", "speed", "serving"],
                    help="engine: one sequence, random weights; batch: concurrency sweep; speed: a real model "
                         "against the GEMV floor and llama.cpp")
     p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--prompt-len", type=int, default=42)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--block-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=None, help="engine/batch: 8; speed/serving: the model's")
     bench_speed.add_arguments(p)
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
 
 
 def run(args) -> int:
-    result = {"engine": bench_engine, "batch": bench_batch, "speed": bench_speed.run}[args.what](args)
+    if args.what == "serving":
+        from server import bench_serving  # the HTTP side lives with the server
+
+        if args.concurrency == [1, 4, 16, 64]:
+            args.concurrency = [1, 8, 32]
+        result = bench_serving.run(args)
+    else:
+        result = {"engine": bench_engine, "batch": bench_batch, "speed": bench_speed.run}[args.what](args)
     print(json.dumps(result, indent=1))
     return 0

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 log = logging.getLogger("d2f.server")
@@ -99,17 +101,34 @@ class DrainingServer:
     def __init__(self, config, state):
         import uvicorn
 
-        self.server = uvicorn.Server(config)
+        outer = self
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                # Ours instead of uvicorn's: its handler stops at once and re-raises the signal on exit.
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in original.items():
+                        signal.signal(sig, handler)
+
+            def handle_exit(self, sig, frame):
+                outer.loop.call_soon_threadsafe(outer._on_signal)
+
+        self.server = _Server(config)
         self.state = state
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.undrained = False
         self.engine_died = False
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal)
-        self.server.install_signal_handlers = lambda: None  # ours, not uvicorn's
+        self.loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(self._watch_engine())
         try:
             await self.server.serve()
@@ -126,7 +145,7 @@ class DrainingServer:
         self.state.draining = True
         log.info("draining: %d request(s) in flight, up to %.0f s", self.state.inflight,
                  self.state.settings.drain_timeout)
-        asyncio.get_running_loop().create_task(self._drain())
+        self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.state.settings.drain_timeout
