@@ -98,6 +98,14 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id, None, None))
 
+    def abort_all(self) -> int:
+        """Abort every request with a listener (the drain deadline passed); returns how many."""
+        with self._lock:
+            ids = list(self._streams)
+        for rid in ids:
+            self.abort(rid)
+        return len(ids)
+
     # ---- the engine thread ----------------------------------------------------------------
     def _deliver(self, request_id: str, item) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.engine import Engine
 
 from . import errors, routes
+from .limits import BodyLimit
 from .metrics import Metrics
 
 log = logging.getLogger("d2f.server")
@@ -32,6 +33,7 @@ class ServerSettings:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
     max_queue: int = 256            # running + waiting requests before 429
+    max_body_bytes: int = 4 << 20
     default_max_tokens: int = 1024  # chat requests that name no limit
     request_timeout: float = 600.0
     drain_timeout: float = 30.0
@@ -100,6 +102,7 @@ def build_app(settings: ServerSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.include_router(routes.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 
 

@@ -28,6 +28,7 @@ FLAGS = [
     ("max-num-batched-tokens", int, 2048, "tokens per forward (long causal prompts are chunked to this)"),
     ("max-model-len", int, None, "context limit (default: the model's)"),
     ("max-queue", int, 256, "running plus waiting requests before new ones get 429"),
+    ("max-body-bytes", int, 4 << 20, "largest request body; larger ones get 413"),
     ("default-max-tokens", int, 1024, "chat completions that name no max_tokens"),
     ("request-timeout", float, 600.0, "seconds before a non-streamed request is aborted"),
     ("drain-timeout", float, 30.0, "seconds in-flight requests may finish after SIGTERM"),
@@ -75,7 +76,8 @@ def run(args) -> int:
             api_keys=_split(args.api_key), dtype=args.dtype, device=args.device,
             kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-            max_queue=args.max_queue, default_max_tokens=args.default_max_tokens,
+            max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+            default_max_tokens=args.default_max_tokens,
             request_timeout=args.request_timeout, drain_timeout=args.drain_timeout,
             protect_metrics=args.protect_metrics, allowed_origins=_split(args.allowed_origins),
             log_requests=args.log_requests)
@@ -152,8 +154,11 @@ class DrainingServer:
         while self.state.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.state.inflight:
-            self.undrained = True
-            log.warning("drain timeout: aborting %d request(s)", self.state.inflight)
+            log.warning("drain timeout: aborting %d request(s)", self.state.engine.abort_all())
+            grace = time.monotonic() + 5  # aborted streams send their final error event and end
+            while self.state.inflight and time.monotonic() < grace:
+                await asyncio.sleep(0.05)
+            self.undrained = self.state.inflight > 0
         self.server.should_exit = True
 
     async def _watch_engine(self) -> None:

@@ -83,13 +83,14 @@ async def _serve(request: Request, state, body, prompts: list[list[int]], max_to
             return {"id": rid, "object": chunk.object, "created": created, "model": state.model_name,
                     "choices": [], "usage": usage(runs, prompt_tokens * n)}
 
-        events = stream_events(runs, lambda d: chunk(rid, created, d, include), final_usage if include else None)
+        events = stream_events(runs, lambda d: chunk(rid, created, d, include), final_usage if include else None,
+                               state.settings.request_timeout)
         return StreamingResponse(_counted(state, events), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     state.inflight += 1
     try:
         await asyncio.wait_for(collect(runs), timeout=state.settings.request_timeout)
-    except TimeoutError:
+    except TimeoutError:  # wait_for cancelled the choices: their engine requests are aborted
         raise APIError(503, "request timed out", code="timeout") from None
     finally:
         state.inflight -= 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from engine.params import DecodeParams
 
 from .errors import APIError, error_body
 from .textstream import TextStream
+
+log = logging.getLogger("d2f.requests")
 
 
 @dataclass
@@ -57,8 +60,8 @@ class ChoiceRun:
                     self.finish_reason, self.error = "error", out.error or "internal error"
                     yield Delta(self.index, "", "error", self.error)
                     return
-                if out.finish_reason == "abort":
-                    self.finish_reason, self.error = "error", "request aborted"
+                if out.finish_reason == "abort":  # the server aborted it: drain timeout
+                    self.finish_reason, self.error = "abort", "request aborted: the server is shutting down"
                     yield Delta(self.index, "", "error", self.error)
                     return
                 delta, stopped = stream.update(out.token_ids, out.finished)
@@ -79,6 +82,9 @@ class ChoiceRun:
             self._record()
 
     def _record(self) -> None:
+        if self.state.settings.log_requests:  # off by default: prompts and answers are the users' data
+            log.info("request %s choice %d prompt_ids=%s finish=%s text=%r", self.request_id, self.index,
+                     self.prompt_ids, self.finish_reason, self.text)
         m = self.state.metrics
         m.outcome(self.finish_reason or "abort")
         if self.finish_reason in ("stop", "length"):
@@ -141,21 +147,35 @@ async def collect(runs: list[ChoiceRun]) -> None:
             pass
     except EngineDeadError:
         raise APIError(503, "the engine is not running") from None
-    failed = [r for r in runs if r.finish_reason == "error"]
-    if failed:
-        raise APIError(500, failed[0].error or "internal error")
+    for r in runs:
+        if r.finish_reason == "abort":
+            raise APIError(503, r.error)
+        if r.finish_reason == "error":
+            raise APIError(500, r.error or "internal error")
 
 
-async def stream_events(runs: list[ChoiceRun], chunk, final_usage) -> AsyncIterator[str]:
+async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: float) -> AsyncIterator[str]:
     """SSE frames: chunk(delta) per block, an error event if a choice fails, usage, then [DONE]."""
+    deltas = merged(runs)
+    deadline = time.monotonic() + timeout
     try:
-        async for d in merged(runs):
+        while True:
+            try:
+                d = await asyncio.wait_for(deltas.__anext__(), max(0.0, deadline - time.monotonic()))
+            except StopAsyncIteration:
+                break
+            except TimeoutError:  # cancelling the pending step aborts every choice and frees its KV
+                yield sse(error_body(503, "request timed out", code="timeout"))
+                break
             if d.error is not None:
-                yield sse(error_body(500, d.error))
+                status = 503 if runs[0].state.draining else 500
+                yield sse(error_body(status, d.error))
                 continue
             yield sse(chunk(d))
     except EngineDeadError:
         yield sse(error_body(503, "the engine is not running"))
+    finally:
+        await deltas.aclose()
     if final_usage is not None:
         yield sse(final_usage())
     yield "data: [DONE]\n\n"
