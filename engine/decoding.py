@@ -54,6 +54,7 @@ def choose(logits: torch.Tensor, knobs: Knobs, generator: torch.Generator | None
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token once the mass before it already reaches top_p; the best token always stays.
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= knobs.top_p
+        drop_sorted[:, 0] = False  # explicit: a top_p below fp32's smallest number would drop everything
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)

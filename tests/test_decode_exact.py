@@ -116,3 +116,13 @@ def test_bad_knobs_raise_value_error(engines, bad):
 def test_ar_model_rejects_block_size(engines):
     with pytest.raises(ValueError, match="block_size must be 1"):
         engines["llama"].add_request("bad", [5, 6], DecodeParams(block_size=4))
+
+
+def test_tiny_top_p_keeps_the_best_token(engines):
+    """Found by fuzzing: top_p = 5e-324 rounds to 0 in fp32 and once filtered out every token."""
+    eng = engines["llama"]
+    prompt = _prompt(13, 5)
+    greedy = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True))[0].token_ids
+    out = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True, temperature=1.0, top_p=5e-324,
+                                              seed=0))[0]
+    assert out.finish_reason == "length" and out.token_ids == greedy
