@@ -38,7 +38,7 @@ class Metrics:
         self.running = gauge("d2f_requests_running", "Requests with a sequence in the running batch")
         self.waiting = gauge("d2f_requests_waiting", "Requests queued for admission (the autoscaling signal)")
         self.pages_used = gauge("d2f_kv_pages_used", "KV cache pages in use")
-        self.pages_total = gauge("d2f_kv_pages_total", "KV cache pages in the pool")
+        self.pages_total = gauge("d2f_kv_pages_capacity", "KV cache pages in the pool")
         self.kv_usage = gauge("d2f_kv_cache_usage_ratio", "Share of KV cache pages in use, 0 to 1")
 
     def outcome(self, outcome: str, n: int = 1) -> None:

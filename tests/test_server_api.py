@@ -1,6 +1,8 @@
 """In-process HTTP tests: httpx over ASGI with the lifespan started, a tiny model with a real tokenizer."""
 import asyncio
 import json
+import shutil
+import subprocess
 
 import httpx
 import pytest
@@ -15,6 +17,12 @@ from tests.server_fixtures import write_tiny_server_model
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("srv")
     return {"ar": write_tiny_server_model(root / "ar"), "d2f": write_tiny_server_model(root / "d2f", d2f=True)}
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is not installed (.ci/run installs Debian's prometheus package)"
+    return path
 
 
 def run(coro):
@@ -199,7 +207,9 @@ def test_metrics_move_with_requests(model_dirs):
     assert a[key] - b.get(key, 0) == 3
     assert a[("d2f_requests_total", (("model_name", "ar"), ("outcome", "length")))] == 1
     assert a[("d2f_time_to_first_block_seconds_count", (("model_name", "ar"),))] == 1
-    assert a[("d2f_kv_pages_total", (("model_name", "ar"),))] > 0
+    assert a[("d2f_kv_pages_capacity", (("model_name", "ar"),))] > 0
+    lint = subprocess.run([_promtool(), "check", "metrics"], input=after, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_disconnect_frees_kv(model_dirs):
