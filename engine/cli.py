@@ -98,36 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     _generate_args(sub.add_parser("generate", help="decode one prompt and print the answer"))
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    try:
-        from server import launch
-    except ImportError:
-        launch = None
-    if launch is not None:
-        launch.add_arguments(serve)
+    from server import launch  # the HTTP side ships in the same distribution
+
+    launch.add_arguments(serve)
     from . import bench as bench_mod
 
     bench_mod.add_arguments(bench)
-    # Training lives in refurbish/, which imports the engine, never the other way; loaded lazily.
-    refurbish = sub.add_parser("refurbish", help="turn a checkpoint into a D2F model")
-    evaluate = sub.add_parser("eval", help="speed/quality curve of a model's knob settings")
-    try:
-        from refurbish import cli as refurbish_cli
-    except ImportError:
-        refurbish_cli = None
-    if refurbish_cli is not None:
-        refurbish_cli.add_refurbish_arguments(refurbish)
-        refurbish_cli.add_eval_arguments(evaluate)
     args = parser.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
     if args.command == "serve":
-        if launch is None:
-            return _fail("the server package is not installed")
         return launch.run(args)
-    if args.command in ("refurbish", "eval"):
-        if refurbish_cli is None:
-            return _fail("the refurbish package is not installed")
-        return refurbish_cli.run(args)
     return bench_mod.run(args)
 
 

@@ -60,7 +60,25 @@ class _Common(BaseModel):
         return v
 
 
-class CompletionRequest(_Common):
+class D2FExtensions(_Common):
+    """Our fields, below OpenAI's in every request (pydantic orders base-class fields by reversed MRO)."""
+    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
+    block_size: int | None = Field(None, ge=1, le=4096)
+    tau_add: float | None = Field(None, ge=0, le=1)
+    tau_act: float | None = Field(None, ge=0, le=1)
+    tau_conf: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
+    ignore_eos: bool = False
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v):
+        if isinstance(v, float) and not 0.0 <= v <= 1.0:
+            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
+        return v
+
+
+class _CompletionFields(_Common):
     model: str | None = None
     prompt: Union[str, list[str], list[int], list[list[int]]]
     best_of: int | None = Field(None, ge=1, le=MAX_N)
@@ -79,14 +97,6 @@ class CompletionRequest(_Common):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
-    # ---- d2f extensions ----
-    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
-    block_size: int | None = Field(None, ge=1, le=4096)
-    tau_add: float | None = Field(None, ge=0, le=1)
-    tau_act: float | None = Field(None, ge=0, le=1)
-    tau_conf: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _supported(self):
@@ -99,8 +109,6 @@ class CompletionRequest(_Common):
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of other than n is not supported")
-        if isinstance(self.speed, float) and not 0.0 <= self.speed <= 1.0:
-            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
         p = self.prompt
         if isinstance(p, list):
             if not p:
@@ -118,6 +126,10 @@ class CompletionRequest(_Common):
         if p and isinstance(p[0], int):
             return [list(p)]
         return list(p)
+
+
+class CompletionRequest(D2FExtensions, _CompletionFields):
+    pass
 
 
 class ContentPart(BaseModel):
@@ -140,7 +152,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Common):
+class _ChatFields(_Common):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     model: str | None = None
     frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
@@ -160,14 +172,6 @@ class ChatCompletionRequest(_Common):
     top_logprobs: int | None = None
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
-    # ---- d2f extensions ----
-    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
-    block_size: int | None = Field(None, ge=1, le=4096)
-    tau_add: float | None = Field(None, ge=0, le=1)
-    tau_act: float | None = Field(None, ge=0, le=1)
-    tau_conf: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _supported(self):
@@ -178,9 +182,11 @@ class ChatCompletionRequest(_Common):
             raise ValueError("tools are not supported")
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise ValueError("only response_format type 'text' is supported")
-        if isinstance(self.speed, float) and not 0.0 <= self.speed <= 1.0:
-            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
         return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class ChatCompletionRequest(D2FExtensions, _ChatFields):
+    pass
