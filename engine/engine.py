@@ -62,7 +62,7 @@ class Engine:
             taus = (_pick(params.tau_add, spec.tau_add), _pick(params.tau_act, spec.tau_act),
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
-                     max_tokens=params.max_tokens, temperature=float(params.temperature),
+                     max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
                      top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
@@ -207,6 +207,15 @@ class Engine:
                 if out.finished:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
+
+
+# Below this, dividing logits by the temperature overflows fp32 (found by fuzzing: 1e-308 gave NaN
+# probabilities); such a request is greedy in all but name, so it is decoded greedily.
+GREEDY_BELOW = 1e-5
+
+
+def _temperature(t: float) -> float:
+    return 0.0 if t < GREEDY_BELOW else float(t)
 
 
 def _queue(seq: Sequence) -> float | None:

@@ -126,3 +126,13 @@ def test_tiny_top_p_keeps_the_best_token(engines):
     out = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True, temperature=1.0, top_p=5e-324,
                                               seed=0))[0]
     assert out.finish_reason == "length" and out.token_ids == greedy
+
+
+def test_denormal_temperature_decodes_greedily(engines):
+    """Found by fuzzing: temperature 1e-308 overflowed the scaled logits into NaN probabilities."""
+    eng = engines["llama"]
+    prompt = _prompt(14, 5)
+    greedy = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True))[0].token_ids
+    out = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True, temperature=1.1125369292536007e-308,
+                                              seed=0))[0]
+    assert out.finish_reason == "length" and out.token_ids == greedy
