@@ -104,6 +104,7 @@ class Refurbisher:
         self.spec.mask_token_id = self.mask_id
         shared = cfg.lora_rank is not None and init is None
         if cfg.lora_rank is not None:
+            torch.manual_seed(cfg.seed)  # LoRA A is drawn from the global RNG: same seed, same run
             model = wrap_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         self.model = model.to(cfg.device).train()
         teacher_model = self.model if shared else load_teacher(cfg.teacher, self.dtype).to(cfg.device)

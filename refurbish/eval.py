@@ -1,0 +1,141 @@
+"""`d2f eval`: the speed/quality curve of a D2F model against its AR reference, on the same engine.
+
+Per knob setting: tokens per forward, tokens/s (whole prompt set batched), the reference model's per-token NLL
+of the text (fluency), distinct-2 (repetition), the share of answers ending in EOS, and agreement with the
+reference's greedy answer. The reference run as AR (block size 1) is the point every setting is compared to.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from engine.tokenizer import load_tokenizer
+
+from . import metrics
+from .data import load_prompts
+from .hfmodel import load_hf
+
+
+def parse_knobs(text: str) -> list[dict]:
+    """'0.95,0.9' | 'quality,fast' | '0.9/0.95/32' (tau_conf/tau_act/block_size) -> DecodeParams fields."""
+    out = []
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        if item in SPEED_PRESETS:
+            conf, act = speed_to_taus(SPEED_PRESETS[item])
+            out.append({"tau_conf": conf, "tau_act": act})
+            continue
+        parts = item.split("/")
+        try:
+            knob = {"tau_conf": float(parts[0]), "tau_act": float(parts[1] if len(parts) > 1 else parts[0])}
+            if len(parts) > 2:
+                knob["block_size"] = int(parts[2])
+        except ValueError:
+            raise ValueError(f"--knobs entry {item!r}: expected a number, a preset or tau_conf/tau_act/block") from None
+        if len(parts) > 3:
+            raise ValueError(f"--knobs entry {item!r}: at most tau_conf/tau_act/block_size")
+        out.append(knob)
+    if not out:
+        raise ValueError("--knobs is empty")
+    return out
+
+
+def find_reference(model: str, lora: str | None) -> str | None:
+    """The teacher a refurbish run recorded (d2f.json beside the weights or the adapter)."""
+    for d in (lora, model):
+        if d and (Path(d) / "d2f.json").is_file():
+            ref = json.loads((Path(d) / "d2f.json").read_text()).get("refurbished_from")
+            if ref:
+                return ref
+    return None
+
+
+def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_answers=None) -> dict:
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    answers = [o.token_ids for o in outs]
+    tokens = sum(len(a) for a in answers)
+    forwards = sum(o.num_forwards for o in outs)
+    eos = engine.spec.eos_token_ids[:1]
+    # The EOS itself is part of the text the reference scores: ending well is part of fluency.
+    scored = [a + eos if o.finish_reason == "stop" else a for a, o in zip(answers, outs)]
+    row = {"tokens": tokens, "forwards": forwards, "seconds": round(seconds, 4),
+           "tokens_per_forward": round(tokens / forwards, 4) if forwards else None,
+           "tokens_per_second": round(tokens / seconds, 2) if seconds else None,
+           "reference_nll": _round(metrics.reference_nll(ref_model, prompts, scored)),
+           "distinct2": _round(metrics.distinct2(answers)),
+           "eos_rate": round(sum(o.finish_reason == "stop" for o in outs) / len(outs), 4)}
+    if ref_answers is not None:
+        agree, exact = metrics.agreement(answers, ref_answers)
+        row.update(agreement=round(agree, 4), exact_match=round(exact, 4))
+    return row | {"answers": answers}
+
+
+def _round(x):
+    return None if x is None else round(x, 4)
+
+
+def evaluate(args) -> dict:
+    reference = args.reference_model or find_reference(args.model, args.lora)
+    if not reference:
+        raise ValueError("--reference-model is needed (the checkpoint records no teacher)")
+    cfg = dict(dtype=args.dtype, device=args.device, kv_cache_memory=1 << 28)
+    engine = Engine(EngineConfig(model=args.model, lora=args.lora, **cfg))
+    ar_engine = Engine(EngineConfig(model=reference, **cfg))
+    if not ar_engine.spec.shift_logits:
+        raise ValueError(f"{reference}: the reference must be a shifted-logit (AR-decodable) model, not LLaDA")
+    tok = load_tokenizer(args.model) or load_tokenizer(reference)
+    prompts = load_prompts(args.prompts, tok, args.chat)[:args.limit or None]
+    _, _, ref_model = load_hf(reference)
+    ref_model.eval()
+    # First calls pay for allocation and kernel selection; do not bill them to the first setting.
+    for e, block in ((engine, None), (ar_engine, 1)):
+        e.generate(prompts[:1], DecodeParams(max_tokens=2, block_size=block))
+    ar = run_setting(ar_engine, prompts, DecodeParams(max_tokens=args.max_tokens, block_size=1), ref_model)
+    ref_answers = ar.pop("answers")
+    ar.update(knobs={"block_size": 1}, agreement=1.0, exact_match=1.0)
+    settings = []
+    for knob in parse_knobs(args.knobs):
+        params = DecodeParams(max_tokens=args.max_tokens, **knob)
+        row = run_setting(engine, prompts, params, ref_model, ref_answers)
+        answers = row.pop("answers")
+        full = dict(knob, block_size=knob.get("block_size", engine.spec.block_size))
+        row = {"knobs": full, **row}
+        if ar["tokens_per_second"] and row["tokens_per_second"]:
+            row["speedup_vs_ar"] = round(row["tokens_per_second"] / ar["tokens_per_second"], 3)
+        if tok is not None and answers:
+            row["sample"] = tok.decode(answers[0], skip_special_tokens=True)[:200]
+        settings.append(row)
+    return {"model": args.model, "lora": args.lora, "reference_model": reference, "num_prompts": len(prompts),
+            "max_tokens": args.max_tokens, "ar": ar, "settings": settings}
+
+
+def run_eval(args) -> int:
+    torch.manual_seed(0)
+    report = evaluate(args)
+    if args.plot:
+        from .plot import plot_curve
+
+        plot_curve(report, args.plot)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    cols = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
+    print(f"{'setting':<24}" + "".join(f"{c:>20}" for c in cols))
+    rows = [("AR (reference)", report["ar"])] + [(_label(s["knobs"]), s) for s in report["settings"]]
+    for name, row in rows:
+        print(f"{name:<24}" + "".join(f"{'-' if row.get(c) is None else row[c]:>20}" for c in cols))
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _label(knobs: dict) -> str:
+    return f"conf {knobs['tau_conf']} act {knobs['tau_act']} B{knobs['block_size']}"
