@@ -58,6 +58,7 @@ def add_refurbish_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep answers cut by --max-tokens (EOS appended) instead of dropping them")
     d.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     d.add_argument("--device", default="cpu")
+    d.add_argument("--kv-cache-mb", type=int, help="KV pool size (default: the engine's)")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +77,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--kv-cache-mb", type=int, default=256, help="KV pool of each of the two engines")
 
 
 def _train_config(args):

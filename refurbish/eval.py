@@ -86,7 +86,7 @@ def evaluate(args) -> dict:
     reference = args.reference_model or find_reference(args.model, args.lora)
     if not reference:
         raise ValueError("--reference-model is needed (the checkpoint records no teacher)")
-    cfg = dict(dtype=args.dtype, device=args.device, kv_cache_memory=1 << 28)
+    cfg = dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_mb << 20)
     engine = Engine(EngineConfig(model=args.model, lora=args.lora, **cfg))
     ar_engine = Engine(EngineConfig(model=reference, **cfg))
     if not ar_engine.spec.shift_logits:

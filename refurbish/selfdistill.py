@@ -23,10 +23,11 @@ def request_seed(seed: int, index: int) -> int:
 
 def generate_answers(teacher: str, prompts: list[list[int]], *, max_tokens: int, temperature: float = 0.0,
                      top_p: float = 1.0, seed: int = 0, keep_truncated: bool = False, block_size: int | None = None,
-                     dtype: str = "fp32", device: str = "cpu", chunk: int = 64, progress=None) -> tuple[list[dict], int]:
+                     dtype: str = "fp32", device: str = "cpu", chunk: int = 64, kv_cache_memory: int | None = None,
+                     progress=None) -> tuple[list[dict], int]:
     """(rows, number dropped). Every kept answer ends with EOS: answers cut by max_tokens are dropped (a model
     taught to stop mid-thought is worse than one with less data) unless keep_truncated, which appends EOS."""
-    engine = Engine(EngineConfig(model=teacher, dtype=dtype, device=device, seed=seed))
+    engine = Engine(EngineConfig(model=teacher, dtype=dtype, device=device, seed=seed, kv_cache_memory=kv_cache_memory))
     eos = engine.spec.eos_token_ids
     if not eos:
         raise ValueError(f"{teacher}: config has no eos_token_id; answers could not end in EOS")
@@ -54,6 +55,7 @@ def run_data(args) -> int:
     rows, dropped = generate_answers(
         args.teacher, prompts, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, keep_truncated=args.keep_truncated, dtype=args.dtype, device=args.device,
+        kv_cache_memory=args.kv_cache_mb << 20 if args.kv_cache_mb else None,
         progress=lambda done, total: print(f"\rself-distillation {done}/{total}", end="", file=sys.stderr))
     print(file=sys.stderr)
     out = Path(args.out)
