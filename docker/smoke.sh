@@ -26,6 +26,7 @@ WORK=$(mktemp -d)
 made_images=() made_files=("$WORK") containers=()
 cleanup() {
   local rc=$?
+  [ -z "${prom_pid:-}" ] || kill "$prom_pid" 2>/dev/null || true
   for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
   rm -rf "${made_files[@]}"
   if [ "$KEEP" != 1 ]; then
@@ -162,6 +163,53 @@ for _ in $(seq 1 60); do
 done
 [ "$(docker inspect -f '{{.State.Health.Status}}' "$NAME")" = healthy ] || fail "Docker HEALTHCHECK not healthy"
 echo "HEALTHCHECK: healthy"
+
+# ---- the repository's Prometheus config and rules on the live server; the dashboard's queries answer
+if command -v prometheus >/dev/null; then
+  pdir=$WORK/prometheus
+  mkdir -p "$pdir"
+  PPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  sed -e "s/d2f:8000/127.0.0.1:$PORT/" -e 's/\(scrape\|evaluation\)_interval: .*/\1_interval: 1s/' \
+    docker/prometheus/prometheus.yml >"$pdir/prometheus.yml"
+  cp docker/prometheus/rules.yml "$pdir/"
+  prometheus --config.file="$pdir/prometheus.yml" --storage.tsdb.path="$pdir/data" \
+    --web.listen-address="127.0.0.1:$PPORT" >"$pdir/log" 2>&1 &
+  prom_pid=$!
+  for i in 1 2 3 4; do
+    curl -sf "$URL/v1/completions" -H "$AUTH" -H "$JSON" -d "{\"prompt\": \"$i + $i =\", \"max_tokens\": 4}" >/dev/null
+    sleep 1
+  done
+  python3 - "http://127.0.0.1:$PPORT" <<'EOF2' || { tail -20 "$pdir/log" >&2; fail "Prometheus check failed"; }
+import json, re, sys, time, urllib.parse, urllib.request
+base = sys.argv[1]
+def get(path, **q):
+    return json.load(urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(q)}", timeout=5))["data"]
+records = re.findall(r"record: (\S+)", open("docker/prometheus/rules.yml").read())
+dash = json.load(open("docker/grafana/dashboards/d2f.json"))
+panels = {p["title"]: [t["expr"].replace("$model_name", ".*") for t in p["targets"]] for p in dash["panels"]}
+optional = {"Errors and rejections by outcome (req/s)"}  # empty while nothing failed
+deadline = time.time() + 60
+while True:
+    try:
+        empty_rec = [r for r in records if not get("/api/v1/query", query=r)["result"]]
+        empty = [t for t, es in panels.items() if not all(get("/api/v1/query", query=e)["result"] for e in es)]
+        groups = get("/api/v1/rules")["groups"]
+    except OSError:
+        empty_rec, empty, groups = records, list(panels), []
+    if not empty_rec and not set(empty) - optional or time.time() > deadline:
+        break
+    time.sleep(1)
+bad = [r["name"] for g in groups for r in g["rules"] if r.get("health") != "ok"]
+n = sum(len(g["rules"]) for g in groups)
+assert groups and not bad, f"rules not healthy: {bad}"
+assert not empty_rec and not set(empty) - optional, f"no data: recording rules {empty_rec}, panels {empty}"
+print(f"Prometheus (the repository's config and {n} rules, all healthy): {len(records)} recording rules and "
+      f"{len(panels) - len(empty)}/{len(panels)} dashboard panels have data" + (f" (empty: {empty})" if empty else ""))
+EOF2
+  kill "$prom_pid"; wait "$prom_pid" 2>/dev/null || true; prom_pid=
+else
+  echo "Prometheus check skipped: no prometheus binary (Debian: apt-get install prometheus)"
+fi
 
 # ---- SIGTERM during a stream: it finishes, new requests are refused meanwhile, the container exits 0
 stream=$WORK/drain.sse

@@ -1,4 +1,4 @@
-"""`d2f` console script: serve | generate | bench."""
+"""`d2f` console script: serve | generate | bench | refurbish | eval."""
 from __future__ import annotations
 
 import argparse
@@ -104,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench as bench_mod
 
     bench_mod.add_arguments(bench)
+    from refurbish import cli as refurbish_cli  # training ships in the same distribution
+
+    refurbish_cli.add_refurbish_arguments(sub.add_parser("refurbish", help="train a D2F model from a checkpoint"))
+    refurbish_cli.add_eval_arguments(sub.add_parser("eval", help="speed/quality curve of a D2F model"))
     args = parser.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
     if args.command == "serve":
         return launch.run(args)
+    if args.command in ("refurbish", "eval"):
+        return refurbish_cli.run(args)
     return bench_mod.run(args)
 
 

@@ -195,8 +195,16 @@ class Refurbisher:
         state = {"step": self.step, "d2f": self.d2f_section, "save_mode": self.save_mode, "args": args,
                  "log": self.cfg.log}
         save_output(out, self.model, self.spec, self.raw, self.d2f_section, teacher=self.cfg.teacher,
-                    save_mode=self.save_mode, dtype=self.dtype, state=state,
+                    save_mode=self.save_mode, dtype=self._save_dtype(), state=state,
                     optimizer=self.optimizer if self.cfg.save_optimizer else None)
+
+    def _save_dtype(self) -> torch.dtype:
+        """LoRA runs keep their trainable state in training/adapter, so merged weights can go back to the
+        teacher's stored precision (half the disk for a bf16 base); --full weights are the training state."""
+        stored = self.raw.get("torch_dtype") or self.raw.get("dtype")
+        if self.cfg.lora_rank is not None and stored in DTYPES:
+            return DTYPES[stored]
+        return self.dtype
 
     def run(self, stream=None) -> int:
         """Train until --steps or --minutes; Ctrl-C saves and returns 130. Returns a process exit code."""

@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.engine import Engine
 
 from . import errors, routes
+from .admission import Admission
 from .limits import BodyLimit
 from .metrics import Metrics
 
@@ -60,7 +61,7 @@ class ServerState:
         self.metrics = Metrics(self.model_name)
         self.tokenizer = None
         self.draining = False
-        self.inflight = 0  # HTTP requests being served, for the drain
+        self.admission = Admission(settings.max_queue)
         config = settings.engine_config()  # validates the settings before any loading starts
 
         def build() -> Engine:
@@ -74,6 +75,11 @@ class ServerState:
             return engine
 
         self.engine = AsyncEngine(build)
+
+    @property
+    def inflight(self) -> int:
+        """HTTP requests being served: what a drain waits for."""
+        return self.admission.requests
 
     @property
     def ready(self) -> bool:

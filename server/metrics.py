@@ -44,12 +44,15 @@ class Metrics:
     def outcome(self, outcome: str, n: int = 1) -> None:
         self.requests.labels(self.model_name, outcome).inc(n)
 
-    def refresh(self, stats, pages_total: int, active: int) -> None:
+    def refresh(self, stats, pool, active: int) -> None:
+        """At scrape time. KV from the pool itself: the engine thread publishes its step stats only after
+        handing out that step's outputs, so a scrape right after a request ends could see its pages."""
         self.running.set(stats.running)
         self.waiting.set(max(stats.waiting, active - stats.running))
-        self.pages_total.set(pages_total)
-        self.pages_used.set(stats.pages_used)
-        self.kv_usage.set(stats.pages_used / pages_total if pages_total else 0.0)
+        used, total = pool.num_used, pool.num_pages
+        self.pages_total.set(total)
+        self.pages_used.set(used)
+        self.kv_usage.set(used / total if total else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

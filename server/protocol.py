@@ -13,6 +13,9 @@ from engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 MAX_N = 16
 MAX_STOP = 16
 MAX_PROMPTS = 64
+# pydantic's lax mode reads true as 1; for these a boolean is always a client bug, so it is a 400.
+NUMERIC = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed", "temperature", "top_p",
+           "frequency_penalty", "presence_penalty", "speed", "block_size", "tau_add", "tau_act", "tau_conf", "top_k")
 
 
 class StreamOptions(BaseModel):
@@ -48,6 +51,13 @@ class _Common(BaseModel):
             block_size=self.block_size, tau_add=self.tau_add,
             tau_act=self.tau_act if self.tau_act is not None else act,
             tau_conf=self.tau_conf if self.tau_conf is not None else conf)
+
+    @field_validator(*NUMERIC, mode="before", check_fields=False)
+    @classmethod
+    def _not_bool(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not a boolean")
+        return v
 
     @field_validator("stop", check_fields=False)
     @classmethod
@@ -138,11 +148,23 @@ class ContentPart(BaseModel):
     text: str
 
 
+def _text_parts_only(v):
+    """Name the real problem (a non-text part) instead of pydantic's union-branch errors."""
+    if isinstance(v, list):
+        for part in v:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"only text content parts are supported, got {kind!r}")
+    return v
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[ContentPart], None] = None
     name: str | None = None
+
+    _content = field_validator("content", mode="before")(_text_parts_only)
 
     def text(self) -> str:
         if self.content is None:

@@ -1,4 +1,4 @@
-"""Thin handlers: check, tokenize off the loop, hand to serving."""
+"""Thin handlers: check, admit, tokenize off the loop, hand to serving."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +7,13 @@ import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
+from .admission import AdmittedStream, Ticket
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest
-from .serving import ChoiceRun, collect, stream_events, usage
+from .serving import ChoiceRun, collect_unless_gone, stream_events, usage
+from .shapes import ChatShape, CompletionShape
 
 router = APIRouter()
 
@@ -34,20 +36,20 @@ def require_key(request: Request) -> None:
         _check_key(request, keys)
 
 
-def _ready(state, n: int) -> None:
+def _admit(state, model: str | None, n: int) -> Ticket:
+    """Model name, readiness and the queue cap, in that order; no await until the slots are held."""
+    if model is not None and model != state.model_name:
+        raise APIError(404, f"model {model!r} does not exist; this server serves {state.model_name!r}",
+                       param="model", code="model_not_found")
     if state.draining:
         raise APIError(503, "server is shutting down")
     if not state.ready:
         raise APIError(503, "model is not ready" if not state.engine.is_dead else "the engine is not running")
-    if state.engine.num_active + n > state.settings.max_queue:
+    ticket = state.admission.admit(n)
+    if ticket is None:
         state.metrics.outcome("rejected", n)
         raise APIError(429, "server is at capacity, retry shortly", headers={"Retry-After": "1"})
-
-
-def _model(state, name: str | None) -> None:
-    if name is not None and name != state.model_name:
-        raise APIError(404, f"model {name!r} does not exist; this server serves {state.model_name!r}",
-                       param="model", code="model_not_found")
+    return ticket
 
 
 def _params(state, body, prompt_ids: list[int], max_tokens: int | None, index: int):
@@ -62,136 +64,74 @@ def _params(state, body, prompt_ids: list[int], max_tokens: int | None, index: i
     return params
 
 
-async def _serve(request: Request, state, body, prompts: list[list[int]], max_tokens, chunk, full) -> Response:
-    stop = body.stop_list()
-    n = body.n
-    arrival = time.monotonic()
-    runs = []
-    for p_idx, ids in enumerate(prompts):
-        limit = max_tokens(ids)
-        for j in range(n):
-            params = _params(state, body, ids, limit, j)
-            runs.append(ChoiceRun(state, p_idx * n + j, ids, params, stop, arrival))
-    prompt_tokens = sum(len(p) for p in prompts)
-    state.metrics.prompt_tokens.inc(prompt_tokens * n)
-    rid = uuid.uuid4().hex
-    created = int(time.time())
-    if body.stream:
-        include = bool(body.stream_options and body.stream_options.include_usage)
-
-        def final_usage():
-            return {"id": rid, "object": chunk.object, "created": created, "model": state.model_name,
-                    "choices": [], "usage": usage(runs, prompt_tokens * n)}
-
-        events = stream_events(runs, lambda d: chunk(rid, created, d, include), final_usage if include else None,
-                               state.settings.request_timeout)
-        return StreamingResponse(_counted(state, events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    state.inflight += 1
-    try:
-        await asyncio.wait_for(collect(runs), timeout=state.settings.request_timeout)
-    except TimeoutError:  # wait_for cancelled the choices: their engine requests are aborted
-        raise APIError(503, "request timed out", code="timeout") from None
-    finally:
-        state.inflight -= 1
-    return JSONResponse(full(rid, created, runs, usage(runs, prompt_tokens * n)))
-
-
-async def _counted(state, events):
-    state.inflight += 1
-    try:
-        async for e in events:
-            yield e
-    finally:
-        state.inflight -= 1
-
-
-def _completion_chunk(rid, created, d, include_usage, model_name):
-    out = {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-           "choices": [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}]}
-    if include_usage:
-        out["usage"] = None
-    return out
-
-
-def _chat_chunk(rid, created, d, include_usage, model_name, started: set):
-    delta = {"content": d.text}
-    if d.index not in started:  # the first chunk of each choice names the role
-        started.add(d.index)
-        delta = {"role": "assistant", "content": d.text}
-    out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-           "choices": [{"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}]}
-    if include_usage:
-        out["usage"] = None
-    return out
-
-
-async def _tokenize(state, fn, *args):
+async def _tokenize(fn, *args):
     try:
         return await asyncio.to_thread(fn, *args)
     except Exception:  # noqa: BLE001 - a tokenizer failure on odd input is the client's 400
         raise APIError(400, "the prompt could not be tokenized") from None
 
 
+async def _serve(request: Request, state, ticket: Ticket, body, prompts: list[list[int]], max_tokens,
+                 shape_cls) -> Response:
+    arrival = time.monotonic()
+    runs = []
+    for p_idx, ids in enumerate(prompts):
+        limit = max_tokens(ids)
+        for j in range(body.n):
+            params = _params(state, body, ids, limit, j)
+            runs.append(ChoiceRun(state, p_idx * body.n + j, ids, params, body.stop_list(), arrival))
+    prompt_tokens = sum(len(p) for p in prompts) * body.n
+    state.metrics.prompt_tokens.inc(prompt_tokens)
+    include = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    shape = shape_cls(uuid.uuid4().hex, int(time.time()), state.model_name, include)
+    timeout = state.settings.request_timeout
+    if body.stream:
+        final = (lambda: shape.usage_chunk(usage(runs, prompt_tokens))) if include else None
+        events = stream_events(runs, shape.chunk, final, timeout)
+        return AdmittedStream(events, ticket, media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    if not await collect_unless_gone(request, runs, timeout):
+        return Response(status_code=499)  # nobody is listening; the choices were aborted
+    return JSONResponse(shape.full(runs, usage(runs, prompt_tokens)))
+
+
 @router.post("/v1/completions", dependencies=[Depends(require_key)])
 async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
-    _model(state, body.model)
-    _ready(state, body.n * len(body.prompts()))
-    tok = state.tokenizer
-    prompts = []
-    for p in body.prompts():
-        ids = p if isinstance(p, list) else await _tokenize(state, tok.encode, p)
-        if not ids:
-            raise APIError(400, "prompt is empty after tokenization", param="prompt")
-        prompts.append(list(ids))
-
-    def chunk(rid, created, d, include):
-        return _completion_chunk(rid, created, d, include, state.model_name)
-    chunk.object = "text_completion"
-
-    def full(rid, created, runs, use):
-        return {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-                "choices": [{"index": r.index, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
-                            for r in sorted(runs, key=lambda r: r.index)], "usage": use}
-
-    return await _serve(request, state, body, prompts, lambda ids: body.max_tokens, chunk, full)
+    raw = body.prompts()
+    with _admit(state, body.model, body.n * len(raw)) as ticket:
+        prompts = []
+        for p in raw:
+            ids = p if isinstance(p, list) else await _tokenize(state.tokenizer.encode, p)
+            if not ids:
+                raise APIError(400, "prompt is empty after tokenization", param="prompt")
+            prompts.append(list(ids))
+        return await _serve(request, state, ticket, body, prompts, lambda ids: body.max_tokens, CompletionShape)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(require_key)])
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    _model(state, body.model)
-    _ready(state, body.n)
-    tok = state.tokenizer
-    if not getattr(tok, "chat_template", None):
-        raise APIError(400, "this model has no chat template; use /v1/completions")
-    messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
-    ids = await _tokenize(state, lambda: tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                                  return_dict=False))
-    engine = state.engine.engine
-    requested = body.requested_max_tokens()
+    with _admit(state, body.model, body.n) as ticket:
+        tok = state.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise APIError(400, "this model has no chat template; use /v1/completions")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        ids = await _tokenize(lambda: tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                              return_dict=False))
+        engine = state.engine.engine
+        requested = body.requested_max_tokens()
 
-    def max_tokens(prompt_ids):
-        if requested is not None:
-            return requested
-        block = body.block_size or engine.spec.block_size
-        room = engine.max_model_len - len(prompt_ids) - (block - 1)
-        return max(1, min(state.settings.default_max_tokens, room))
+        def max_tokens(prompt_ids):
+            if requested is not None:
+                return requested
+            # No limit named: what fits in the context, up to --default-max-tokens.
+            block = body.block_size or engine.spec.block_size
+            room = engine.max_model_len - len(prompt_ids) - (block - 1)
+            return max(1, min(state.settings.default_max_tokens, room))
 
-    started: set = set()
-
-    def chunk(rid, created, d, include):
-        return _chat_chunk(rid, created, d, include, state.model_name, started)
-    chunk.object = "chat.completion.chunk"
-
-    def full(rid, created, runs, use):
-        return {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name,
-                "choices": [{"index": r.index, "message": {"role": "assistant", "content": r.text},
-                             "logprobs": None, "finish_reason": r.finish_reason}
-                            for r in sorted(runs, key=lambda r: r.index)], "usage": use}
-
-    return await _serve(request, state, body, [list(ids)], max_tokens, chunk, full)
+        return await _serve(request, state, ticket, body, [list(ids)], max_tokens, ChatShape)
 
 
 @router.get("/v1/models", dependencies=[Depends(require_key)])
@@ -220,5 +160,5 @@ async def metrics(request: Request):
         _check_key(request, state.settings.api_keys)
     engine = state.engine.engine
     if engine is not None:
-        state.metrics.refresh(state.engine.stats, engine.pool.num_pages, state.engine.num_active)
+        state.metrics.refresh(state.engine.stats, engine.pool, state.engine.num_active)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

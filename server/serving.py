@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -98,8 +99,9 @@ class ChoiceRun:
 async def merged(runs: list[ChoiceRun]) -> AsyncIterator[Delta]:
     """Interleave the deltas of several choices as they arrive; cancelling stops every choice."""
     if len(runs) == 1:
-        async for d in runs[0].deltas():
-            yield d
+        async with contextlib.aclosing(runs[0].deltas()) as deltas:  # closed, so aborted, the moment we stop
+            async for d in deltas:
+                yield d
         return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
@@ -147,11 +149,40 @@ async def collect(runs: list[ChoiceRun]) -> None:
             pass
     except EngineDeadError:
         raise APIError(503, "the engine is not running") from None
+    except ValueError as exc:  # the engine refused a request (its messages are written for clients)
+        raise APIError(400, str(exc)) from None
     for r in runs:
         if r.finish_reason == "abort":
             raise APIError(503, r.error)
         if r.finish_reason == "error":
             raise APIError(500, r.error or "internal error")
+
+
+async def _hung_up(request) -> None:
+    """Returns when the client disconnects (the body is already read, so the next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_gone(request, runs: list[ChoiceRun], timeout: float) -> bool:
+    """collect() with a time limit; False if the client hung up first, whose choices are then aborted
+    at once instead of decoding on for nobody."""
+    work = asyncio.ensure_future(asyncio.wait_for(collect(runs), timeout))
+    gone = asyncio.ensure_future(_hung_up(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()  # cancelling leaves every engine stream, which aborts its request
+            await asyncio.gather(work, return_exceptions=True)
+    if work.cancelled():
+        return False
+    try:
+        work.result()
+    except TimeoutError:  # wait_for cancelled the choices: their engine requests are aborted
+        raise APIError(503, "request timed out", code="timeout") from None
+    return True
 
 
 async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: float) -> AsyncIterator[str]:
@@ -174,6 +205,11 @@ async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: floa
             yield sse(chunk(d))
     except EngineDeadError:
         yield sse(error_body(503, "the engine is not running"))
+    except ValueError as exc:  # the engine refused a request after all: the client's error
+        yield sse(error_body(400, str(exc)))
+    except Exception:  # noqa: BLE001 - our bug; the stream still ends in a well-formed way
+        log.exception("stream failed")
+        yield sse(error_body(500, "internal server error"))
     finally:
         await deltas.aclose()
     if final_usage is not None:
