@@ -77,7 +77,10 @@ def commit(seq: Sequence, positions: list[int], x0: torch.Tensor, conf: torch.Te
             continue
         rows = [by_pos[p] for p in range(blk.start, blk.end) if seq.is_masked[p]]
         chosen = [r for r in rows if confs[r] > knobs.tau_conf]  # strictly greater, in fp32
-        if not chosen and blk.fully_activated:
+        if knobs.force_leftmost:
+            if rows[0] == 0 and chosen[:1] != [0]:  # positions[0] is the sequence's leftmost mask
+                chosen.insert(0, 0)
+        elif not chosen and blk.fully_activated:
             chosen = [max(rows, key=lambda r: confs[r])]  # first of equals, like argmax
         for r in chosen:
             pos, tok = positions[r], ids[r]

@@ -63,7 +63,8 @@ class Engine:
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
                      max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
-                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop),
+                     force_leftmost=spec.ar_preserving)
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
         """Every check add_request makes, without side effects: callers may run it on any thread."""

@@ -34,6 +34,18 @@ def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> tor
     return torch.where(pos < p, prompt_end, answer_end)
 
 
+def ar_preserving_mask(seq: Sequence, start: int, end: int, k_len: int, ends: torch.Tensor) -> torch.Tensor:
+    """[end - start, k_len] bool. A mask sees what block-causal attention gives it; a clean token sees
+    only clean tokens at or before itself, never a mask, so its state is exactly the AR model's."""
+    keys = torch.arange(k_len)
+    masked = torch.tensor(seq.is_masked[start:end], dtype=torch.bool)
+    clean_key = torch.zeros(k_len, dtype=torch.bool)
+    clean_key[:start] = True  # the cache holds committed tokens only
+    clean_key[start:end] = ~masked
+    causal = keys[None, :] <= torch.arange(start, end)[:, None]
+    return torch.where(masked[:, None], keys[None, :] < ends[:, None], causal & clean_key[None, :])
+
+
 class Runner:
     def __init__(self, model: Decoder, kv: KVCache, pool: PagePool):
         self.model = model
@@ -43,6 +55,7 @@ class Runner:
         self.shift = model.spec.shift_logits
         self.prompt_causal = model.spec.prompt_causal
         self.align = 1 if model.row_invariant else ROW_ALIGN
+        self.ar_preserving = model.spec.ar_preserving
 
     def _align(self, n: int) -> int:
         return -(-n // self.align) * self.align
@@ -57,7 +70,8 @@ class Runner:
         b = len(works)
         q_len = max(w.end - w.start for w in works)
         k_len = max(w.end for w in works)
-        ids, pos, write, qrows, gather, vis = [], [], [], [], [], []
+        ids, pos, write, qrows, gather, vis, masks, adapter_rows = [], [], [], [], [], [], [], []
+        offset = 0
         for i, w in enumerate(works):
             n = w.end - w.start
             slots = self._slot_tensor(w.seq, w.end)
@@ -68,6 +82,13 @@ class Runner:
             gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
             vis.append(torch.nn.functional.pad(ends, (0, q_len - n), value=1))  # padded rows see key 0
+            if self.ar_preserving:
+                m = torch.zeros(q_len, k_len, dtype=torch.bool)
+                m[:n] = ar_preserving_mask(w.seq, w.start, w.end, k_len, ends)
+                m[n:, 0] = True
+                masks.append(m)
+                adapter_rows.extend(offset + j for j, x in enumerate(w.seq.is_masked[w.start:w.end]) if x)
+            offset += n
         total = sum(len(x) for x in ids)
         pad = self._align(total) - total
         ids.append(torch.zeros(pad, dtype=torch.long))
@@ -75,13 +96,17 @@ class Runner:
         write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
         qrows.append(torch.full((pad,), b * q_len, dtype=torch.long))
         vis_grid = torch.stack(vis)  # [B, Lq]
-        mask = torch.arange(k_len)[None, None, :] < vis_grid[:, :, None]
+        if self.ar_preserving:
+            mask = torch.stack(masks)
+        else:
+            mask = torch.arange(k_len)[None, None, :] < vis_grid[:, :, None]
         dev = self.device
         batch = AttnBatch(
             positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev),
             gather_slots=torch.cat(gather).to(dev), query_rows=torch.cat(qrows).to(dev),
             mask=None if bool(mask.all()) else mask[:, None].to(dev),
-            num_seqs=b, q_len=q_len, k_len=k_len)
+            num_seqs=b, q_len=q_len, k_len=k_len,
+            adapter_rows=torch.tensor(adapter_rows, dtype=torch.long, device=dev) if adapter_rows else None)
         hidden = self.model(torch.cat(ids).to(dev), batch, self.kv)
         return self._logits(works, hidden)
 

@@ -42,6 +42,9 @@ class Knobs:
     top_p: float
     top_k: int
     stop_ids: frozenset[int]
+    # AR-preserving models: the leftmost mask (its logit is the AR model's) is committed every forward,
+    # and only confident tokens elsewhere; no most-confident fallback.
+    force_leftmost: bool = False
 
 
 @dataclass(eq=False)

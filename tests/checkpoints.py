@@ -131,3 +131,18 @@ def write_llada(out: Path, model: LlamaForCausalLM, block: int = 4, shards: int 
            "weight_tying": bool(c.tie_word_embeddings), "include_bias": False, "layer_norm_type": "rms",
            "mask_token_id": MASK_ID, "eos_token_id": EOS_ID, "d2f": {"train_block_size": block}}
     return _write(out, cfg, llada_state(model), shards)
+
+
+def write_mask_adapter(out: Path, seed: int = 0, rank: int = 4, layers: int = 2, scale: float = 0.3) -> Path:
+    """A random adapter for an AR-preserving D2F model (mask_adapter.safetensors) in the tiny shapes."""
+    g = torch.Generator().manual_seed(seed)
+    h, inter, d, heads, kv = 64, 96, 16, 4, 2
+    shapes = {"q": (heads * d, h), "k": (kv * d, h), "v": (kv * d, h), "o": (h, heads * d),
+              "gate": (inter, h), "up": (inter, h), "down": (h, inter)}
+    t = {"mask_embed": torch.randn(h, generator=g) * 0.35}
+    for li in range(layers):
+        for name, (o, i) in shapes.items():
+            t[f"layers.{li}.{name}.lora_A"] = torch.randn(rank, i, generator=g) * scale
+            t[f"layers.{li}.{name}.lora_B"] = torch.randn(o, rank, generator=g) * scale
+    save_file(t, str(out / "mask_adapter.safetensors"))
+    return out

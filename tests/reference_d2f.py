@@ -11,7 +11,10 @@ import torch
 from engine.models.decoder import AttnBatch, KVCache
 
 
-def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_causal: bool) -> torch.Tensor:
+def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_causal: bool,
+                is_masked: list[bool] | None = None) -> torch.Tensor:
+    """is_masked given: the AR-preserving rule (a clean token sees only clean tokens up to itself) and the
+    model's mask adapter at masked positions."""
     n = len(tokens)
     block_id = []
     for p in range(n):
@@ -21,9 +24,16 @@ def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_ca
             block_id.append((p - prompt_len) // block)
     bid = torch.tensor(block_id)
     mask = bid[None, :] <= bid[:, None]  # a token sees its own block and every earlier block
+    rows = None
+    if is_masked is not None:
+        m = torch.tensor(is_masked)
+        clean_rule = torch.ones(n, n, dtype=torch.bool).tril() & ~m[None, :]
+        mask = torch.where(m[:, None], mask, clean_rule)
+        rows = m.nonzero().flatten()
     kv = KVCache(model.spec, n, model.dtype, "cpu")
     batch = AttnBatch(positions=torch.arange(n), write_slots=torch.arange(n), gather_slots=torch.arange(n),
-                      query_rows=torch.arange(n), mask=mask[None, None], num_seqs=1, q_len=n, k_len=n)
+                      query_rows=torch.arange(n), mask=mask[None, None], num_seqs=1, q_len=n, k_len=n,
+                      adapter_rows=rows)
     hidden = model(torch.tensor(tokens), batch, kv)
     return model.logits(hidden)
 
@@ -48,11 +58,13 @@ def reference_decode(model, prompt: list[int], *, block: int, tau_add: float, ta
                 blocks[i + 1]["full"] = True
         if all(masked(b) == 0 for b in blocks) and not any(b["state"] == "active" for b in blocks):
             break
-        logits = full_logits(model, x, len(prompt), block, spec.prompt_causal)
+        logits = full_logits(model, x, len(prompt), block, spec.prompt_causal,
+                             is_m if spec.ar_preserving else None)
         forwards += 1
         for b in blocks:
             if b["state"] == "to_cache":
                 b["state"] = "in_cache"
+        leftmost = is_m.index(True) if True in is_m else None  # before this step's commits
         for b in blocks:
             if b["state"] != "active":
                 continue
@@ -63,7 +75,10 @@ def reference_decode(model, prompt: list[int], *, block: int, tau_add: float, ta
             probs = torch.softmax(rows.float(), dim=-1)
             conf, x0 = probs.max(dim=-1)
             pick = [i for i in range(len(pos)) if conf[i].item() > tau_conf]
-            if not pick and b["full"]:
+            if spec.ar_preserving:  # the leftmost mask of the sequence is always committed
+                if pos[0] == leftmost and 0 not in pick:
+                    pick.append(0)
+            elif not pick and b["full"]:
                 pick = [int(torch.argmax(conf))]
             for i in pick:
                 x[pos[i]], is_m[pos[i]] = int(x0[i]), False

@@ -25,6 +25,7 @@ class AttnBatch:
     num_seqs: int
     q_len: int
     k_len: int
+    adapter_rows: torch.Tensor | None = None  # [M] packed rows holding a mask (AR-preserving models)
 
 
 class KVCache:
@@ -58,6 +59,7 @@ class Decoder(torch.nn.Module):
         self.norm = weights["norm"]
         self.lm_head = Linear(weights.get("lm_head", self.embed))
         self.layers = []
+        self.adapter = None  # MaskAdapter of an AR-preserving D2F model, set by the loader
         for i in range(spec.num_layers):
             p = f"layers.{i}."
             bias = None
@@ -125,6 +127,16 @@ class Decoder(torch.nn.Module):
         """Packed token ids [T] -> final-normed hidden states [T, hidden]."""
         spec = self.spec
         h = F.embedding(input_ids, self.embed)
+        rows = batch.adapter_rows if self.adapter is not None and batch.adapter_rows is not None \
+            and batch.adapter_rows.numel() else None
+        layers, adapter = self.layers, self.adapter
+
+        def lin(li: int, name: str, x: torch.Tensor) -> torch.Tensor:
+            y = layers[li][name](x)
+            return y if rows is None else adapter.delta(li, name, x, rows, y)
+
+        if rows is not None and self.adapter.mask_embed is not None:
+            h.index_copy_(0, rows, self.adapter.mask_embed.expand(rows.shape[0], -1))
         cos = self.cos.index_select(0, batch.positions)[:, None, :]
         sin = self.sin.index_select(0, batch.positions)[:, None, :]
         nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
@@ -132,13 +144,13 @@ class Decoder(torch.nn.Module):
         heads = spec.num_heads + spec.num_kv_heads
         for li, layer in enumerate(self.layers):
             x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
-            qkv = layer["qkv"](x)
+            qkv = lin(li, "qkv", x)
             qk = self._rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)  # q and k in one pass
             kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], dim=1)
-            h = h + layer["o"](self._attention(qk[:, :spec.num_heads], kv_new, li, kv, batch))
+            h = h + lin(li, "o", self._attention(qk[:, :spec.num_heads], kv_new, li, kv, batch))
             x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)
-            gate, up = layer["gate_up"](x).chunk(2, dim=-1)
-            h = h + layer["down"](F.silu(gate) * up)
+            gate, up = lin(li, "gate_up", x).chunk(2, dim=-1)
+            h = h + lin(li, "down", F.silu(gate) * up)
         return _rms_norm(h, self.norm, spec.rms_eps)
 
     @torch.inference_mode()

@@ -5,6 +5,7 @@ import torch
 
 from .checkpoint import load_weights, read_spec
 from .decoder import Decoder
+from .mask_adapter import load_mask_adapter
 from .spec import ModelSpec
 
 
@@ -12,4 +13,7 @@ def load_model(model_dir, dtype: torch.dtype = torch.float32, device: str = "cpu
                lora_dir=None) -> tuple[ModelSpec, Decoder]:
     spec, _ = read_spec(model_dir)
     weights = load_weights(model_dir, spec, dtype, device, lora_dir)
-    return spec, Decoder(spec, weights)
+    model = Decoder(spec, weights)
+    if spec.ar_preserving:
+        model.adapter = load_mask_adapter(model_dir, spec, dtype, device)
+    return spec, model

@@ -32,6 +32,10 @@ class ModelSpec:
     tau_add: float = 0.1
     tau_act: float = 0.95
     tau_conf: float = 0.9
+    # AR-preserving D2F (a refurbished AR model): a clean position attends only to earlier clean
+    # positions, so its state, and the logit predicting the leftmost mask, are exactly the AR model's;
+    # that leftmost mask is committed every forward; an adapter acts only at mask positions.
+    ar_preserving: bool = False
 
     @property
     def is_d2f(self) -> bool:
