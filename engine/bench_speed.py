@@ -134,7 +134,7 @@ def run(args) -> dict:
     else:
         result["d2f_tok_s"] = None
     gguf = args.gguf
-    if gguf is None and args.model is None:
+    if gguf is None and args.model in (None, "smollm2", "smollm2-d2f"):  # the embedded model: its own GGUF
         from .models.default_model import gguf_path
 
         gguf = str(gguf_path())
@@ -154,6 +154,6 @@ def run(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
+    p.add_argument("--model", help="checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as AR / as D2F (default: the embedded default)")
     p.add_argument("--gguf", help="GGUF of the same model for the llama.cpp comparison")
     p.add_argument("--cache-len", type=int, default=300)

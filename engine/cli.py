@@ -8,7 +8,8 @@ import time
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
+    p.add_argument("--model", help="checkpoint directory, or smollm2 / smollm2-d2f for the embedded model "
+                                   "as AR / as D2F (default: the embedded default model)")
     p.add_argument("--lora", help="PEFT LoRA adapter directory, merged at load")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32")
@@ -38,12 +39,37 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def resolve_model(path: str | None) -> str:
-    if path:
-        return path
-    from .models.default_model import ensure_default_model
+# Names for the embedded default model; anything else is a checkpoint directory.
+AR_DEFAULT = "smollm2"
+D2F_DEFAULT = "smollm2-d2f"
+# The D2F default replaces the AR one only once it meets the quality bar (see README, "Default model").
+DEFAULT_IS_D2F = False
 
-    return str(ensure_default_model(progress=lambda m: print(m, file=sys.stderr)))
+
+def default_name() -> str:
+    from .models import default_d2f
+
+    return D2F_DEFAULT if DEFAULT_IS_D2F and default_d2f.available() else AR_DEFAULT
+
+
+def served_name(path: str | None) -> str | None:
+    """The name a default model is served under; None for a checkpoint directory (its folder name)."""
+    name = path or default_name()
+    return {AR_DEFAULT: "smollm2-135m-instruct", D2F_DEFAULT: "smollm2-135m-instruct-d2f"}.get(name)
+
+
+def resolve_model(path: str | None) -> str:
+    name = path or default_name()
+    progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if name == AR_DEFAULT:
+        from .models.default_model import ensure_default_model
+
+        return str(ensure_default_model(progress=progress))
+    if name == D2F_DEFAULT:
+        from .models.default_d2f import ensure_default_d2f_model
+
+        return str(ensure_default_d2f_model(progress=progress))
+    return name
 
 
 def run_generate(args) -> int:

@@ -39,6 +39,10 @@ def add_refurbish_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-weight", type=float, default=0.0,
                    help="AR mode: mix in this weight of cross-entropy on the true tokens")
     p.add_argument("--mask-token", default="auto", help="AR mode: auto | new | token id")
+    p.add_argument("--ar-preserving", action="store_true",
+                   help="AR teacher: keep the base frozen and exact, train only an adapter at mask positions "
+                        "(the model decodes like the AR model at high thresholds)")
+    p.add_argument("--anchors", type=int, default=24, help="--ar-preserving: mask spans per training example")
     p.add_argument("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
     p.add_argument("--save", default="auto", choices=["auto", "adapter", "merged"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -78,6 +82,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-cache-mb", type=int, default=256, help="KV pool of each of the two engines")
+    p.add_argument("--single-stream", type=int, default=0, metavar="N",
+                   help="also time the first N prompts one at a time (single-stream tokens/s)")
 
 
 def _train_config(args):
@@ -96,6 +102,31 @@ def _train_config(args):
         mask_token=args.mask_token, chat=args.chat, save=args.save, dtype=args.dtype, device=args.device)
 
 
+def _run_ar_preserving(args) -> int:
+    from . import arpreserve
+
+    missing = [f"--{n}" for n in ("teacher", "out", "data") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required")
+    if args.full:
+        raise ValueError("--ar-preserving trains an adapter; --full does not apply")
+    from engine.models.checkpoint import read_spec
+    from engine.tokenizer import load_tokenizer
+
+    from .student import choose_mask_token
+
+    mask, new_row = choose_mask_token(read_spec(args.teacher)[0], load_tokenizer(args.teacher), args.mask_token)
+    if new_row:  # the base stays as it is: an existing id is fed, its input vector is the adapter's
+        raise ValueError("--ar-preserving needs --mask-token auto or an existing token id, not a new row")
+    cfg = arpreserve.Config(teacher=args.teacher, data=args.data, out=args.out, block_size=args.block_size,
+                            block_sizes=tuple(sorted({max(2, args.block_size // 2), args.block_size})),
+                            mask_token=mask, rank=args.lora_rank, lr=args.lr or 1e-3, steps=args.steps,
+                            minutes=args.minutes, batch_size=args.batch_size, anchors=args.anchors,
+                            max_len=args.max_len, save_every=args.save_every, seed=args.seed,
+                            init_from=args.init_from)
+    return arpreserve.train(cfg)
+
+
 def run(args) -> int:
     from engine.models.families import CheckpointError
 
@@ -110,6 +141,8 @@ def run(args) -> int:
             from .selfdistill import run_data
 
             return run_data(args)
+        if args.ar_preserving:
+            return _run_ar_preserving(args)
         from .trainer import Refurbisher
 
         cfg = _train_config(args)

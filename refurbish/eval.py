@@ -56,7 +56,20 @@ def find_reference(model: str, lora: str | None) -> str | None:
     return None
 
 
-def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_answers=None) -> dict:
+def single_stream(engine: Engine, prompts, params: DecodeParams) -> float | None:
+    """Tokens/s with one request at a time: the latency view, where D2F's tokens per forward pay off
+    (in a big batch the forward is compute-bound and extra window rows cost what they compute)."""
+    tokens, seconds = 0, 0.0
+    for p in prompts:
+        start = time.perf_counter()
+        out = engine.generate([p], params)[0]
+        seconds += time.perf_counter() - start
+        tokens += len(out.token_ids)
+    return round(tokens / seconds, 2) if seconds else None
+
+
+def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_answers=None,
+                single: int = 0) -> dict:
     start = time.perf_counter()
     outs = engine.generate(prompts, params)
     seconds = time.perf_counter() - start
@@ -72,6 +85,8 @@ def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_an
            "reference_nll": _round(metrics.reference_nll(ref_model, prompts, scored)),
            "distinct2": _round(metrics.distinct2(answers)),
            "eos_rate": round(sum(o.finish_reason == "stop" for o in outs) / len(outs), 4)}
+    if single:
+        row["single_stream_tokens_per_second"] = single_stream(engine, prompts[:single], params)
     if ref_answers is not None:
         agree, exact = metrics.agreement(answers, ref_answers)
         row.update(agreement=round(agree, 4), exact_match=round(exact, 4))
@@ -98,18 +113,23 @@ def evaluate(args) -> dict:
     # First calls pay for allocation and kernel selection; do not bill them to the first setting.
     for e, block in ((engine, None), (ar_engine, 1)):
         e.generate(prompts[:1], DecodeParams(max_tokens=2, block_size=block))
-    ar = run_setting(ar_engine, prompts, DecodeParams(max_tokens=args.max_tokens, block_size=1), ref_model)
+    single = args.single_stream
+    ar = run_setting(ar_engine, prompts, DecodeParams(max_tokens=args.max_tokens, block_size=1), ref_model,
+                     single=single)
     ref_answers = ar.pop("answers")
     ar.update(knobs={"block_size": 1}, agreement=1.0, exact_match=1.0)
     settings = []
     for knob in parse_knobs(args.knobs):
         params = DecodeParams(max_tokens=args.max_tokens, **knob)
-        row = run_setting(engine, prompts, params, ref_model, ref_answers)
+        row = run_setting(engine, prompts, params, ref_model, ref_answers, single=single)
         answers = row.pop("answers")
         full = dict(knob, block_size=knob.get("block_size", engine.spec.block_size))
         row = {"knobs": full, **row}
         if ar["tokens_per_second"] and row["tokens_per_second"]:
             row["speedup_vs_ar"] = round(row["tokens_per_second"] / ar["tokens_per_second"], 3)
+        if single and ar["single_stream_tokens_per_second"] and row["single_stream_tokens_per_second"]:
+            row["single_stream_speedup_vs_ar"] = round(row["single_stream_tokens_per_second"]
+                                                       / ar["single_stream_tokens_per_second"], 3)
         if tok is not None and answers:
             row["sample"] = tok.decode(answers[0], skip_special_tokens=True)[:200]
         settings.append(row)
@@ -128,6 +148,8 @@ def run_eval(args) -> int:
         print(json.dumps(report))
         return 0
     cols = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
+    if args.single_stream:
+        cols += ("single_stream_tokens_per_second",)
     print(f"{'setting':<24}" + "".join(f"{c:>20}" for c in cols))
     rows = [("AR (reference)", report["ar"])] + [(_label(s["knobs"]), s) for s in report["settings"]]
     for name, row in rows:

@@ -9,17 +9,19 @@ def plot_curve(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     settings, ar = report["settings"], report["ar"]
+    # Single-stream speed when measured (what D2F buys a lone user), else the batched figure.
+    speed = "single_stream_tokens_per_second" if ar.get("single_stream_tokens_per_second") else "tokens_per_second"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "reference_nll", "reference NLL per token (lower is better)"),
                            (axes[1], "agreement", "agreement with AR greedy (higher is better)")):
-        pts = [(s["tokens_per_second"], s[key], s["knobs"]) for s in settings if s.get(key) is not None]
+        pts = [(s[speed], s[key], s["knobs"]) for s in settings if s.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="D2F")
         for x, y, k in pts:
             ax.annotate(f"{k['tau_conf']}/{k['tau_act']}/B{k['block_size']}", (x, y), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
         if ar.get(key) is not None:
-            ax.plot([ar["tokens_per_second"]], [ar[key]], "r*", markersize=12, label="AR (reference)")
-        ax.set_xlabel("tokens / s")
+            ax.plot([ar[speed]], [ar[key]], "r*", markersize=12, label="AR (reference)")
+        ax.set_xlabel("tokens / s" + (" (single stream)" if speed.startswith("single") else " (batched)"))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

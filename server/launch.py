@@ -15,7 +15,7 @@ log = logging.getLogger("d2f.server")
 
 # (flag, type, default, help); booleans are store_true flags.
 FLAGS = [
-    ("model", str, None, "checkpoint directory (default: the embedded default model)"),
+    ("model", str, None, "checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as AR / as D2F (default: the embedded default)"),
     ("lora", str, None, "PEFT LoRA adapter directory, merged at load"),
     ("host", str, "127.0.0.1", "address to bind (default loopback only)"),
     ("port", int, 8000, "port"),
@@ -62,7 +62,7 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from engine.cli import resolve_model
+    from engine.cli import resolve_model, served_name
     from engine.models.families import CheckpointError
 
     from .app import ServerSettings, build_app
@@ -72,7 +72,7 @@ def run(args) -> int:
         model = resolve_model(args.model)
         settings = ServerSettings(
             model=model, lora=args.lora,
-            served_model_name=args.served_model_name or (None if args.model else "smollm2-135m-instruct"),
+            served_model_name=args.served_model_name or served_name(args.model),
             api_keys=_split(args.api_key), dtype=args.dtype, device=args.device,
             kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,

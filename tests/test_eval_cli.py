@@ -26,7 +26,7 @@ def test_eval_json_reports_speed_and_quality_per_setting(refurbished, tmp_path, 
     out, prompts = refurbished
     plot = tmp_path / "curve.png"
     args = ["eval", "--model", str(out), "--prompts", str(prompts), "--knobs", "0.9,fast,0.8/0.95/8",
-            "--max-tokens", "12", "--json", "--kv-cache-mb", "8"]
+            "--max-tokens", "12", "--json", "--kv-cache-mb", "8", "--single-stream", "2"]
     try:
         import matplotlib  # noqa: F401
 
@@ -49,6 +49,8 @@ def test_eval_json_reports_speed_and_quality_per_setting(refurbished, tmp_path, 
         assert math.isfinite(row["reference_nll"]) and row["reference_nll"] > 0
         assert 0 <= row["distinct2"] <= 1 and 0 <= row["eos_rate"] <= 1 and 0 <= row["agreement"] <= 1
         assert row["tokens"] <= 3 * 12
+        assert row["single_stream_tokens_per_second"] > 0
+    assert all(s["single_stream_speedup_vs_ar"] > 0 for s in report["settings"])
     if plot is not None:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,326 @@
+"""`d2f refurbish --ar-preserving`: an AR model becomes a D2F model without losing its AR answers.
+
+The base weights stay frozen and clean positions never see a mask, so every clean position computes
+exactly what the AR model computes; the logit that predicts the leftmost mask is the AR model's. What
+is trained is a small adapter that only acts where the input is a mask (LoRA on every projection plus
+the mask's input vector): from the clean prefix up to position a, a mask at position j > a learns the
+AR model's own next-token distribution at j (soft targets), that is, to guess 2..B tokens ahead.
+
+One training example packs the clean sequence (one no-grad pass of the base model, which is also the
+teacher) and many mask spans, each anchored at a random answer position, with the attention the engine
+uses at inference: a mask sees clean tokens up to its anchor and the masks of its own and earlier blocks
+of its span. Spans imitate the engine's windows: the leftmost mask sits anywhere in its block, and half
+the time the next block is open too.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from engine.models.checkpoint import load_weights, read_spec
+from engine.models.mask_adapter import FILE as ADAPTER_FILE
+from engine.models.mask_adapter import PROJECTIONS
+from engine.models.spec import ModelSpec
+from engine.tokenizer import TOKENIZER_FILES
+
+from .data import DataError, read_jsonl
+from .progress import Progress
+
+
+@dataclass
+class Config:
+    teacher: str
+    data: str
+    out: str
+    block_sizes: tuple[int, ...] = (2, 4)
+    block_size: int = 4          # recorded as the model's default
+    mask_token: int = 16
+    rank: int = 32
+    lr: float = 1e-3
+    steps: int | None = None
+    minutes: float | None = None
+    batch_size: int = 4
+    anchors: int = 24            # mask spans per example
+    max_len: int = 256
+    save_every: int = 50
+    seed: int = 0
+    init_from: str | None = None
+
+
+def _rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Student(torch.nn.Module):
+    """Frozen base weights (fp32) + the trainable mask adapter, with the two passes training needs."""
+
+    def __init__(self, spec: ModelSpec, w: dict[str, torch.Tensor], rank: int, mask_id: int, seed: int):
+        super().__init__()
+        self.spec, self.w, self.rank = spec, w, rank
+        g = torch.Generator().manual_seed(seed)
+        shapes = {"q": (spec.num_heads * spec.head_dim, spec.hidden_size),
+                  "k": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
+                  "v": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
+                  "o": (spec.hidden_size, spec.num_heads * spec.head_dim),
+                  "gate": (spec.intermediate_size, spec.hidden_size), "up": (spec.intermediate_size, spec.hidden_size),
+                  "down": (spec.hidden_size, spec.intermediate_size)}
+        self.a = torch.nn.ParameterDict()
+        self.b = torch.nn.ParameterDict()
+        for li in range(spec.num_layers):
+            for name, (o, i) in shapes.items():
+                key = f"layers.{li}.{name}"
+                # B starts at zero: the untrained adapter is the base model fed a mask vector.
+                self.a[key.replace(".", "_")] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
+                self.b[key.replace(".", "_")] = torch.nn.Parameter(torch.zeros(o, rank))
+        self.mask_embed = torch.nn.Parameter(w["embed"][mask_id].clone())
+        half = spec.head_dim // 2
+        inv = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
+        ang = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv[None]
+        self.cos, self.sin = ang.cos().float(), ang.sin().float()
+
+    def _lin(self, x, li, name, adapt: bool):
+        y = F.linear(x, self.w[f"layers.{li}.{name}"])
+        if adapt:
+            key = f"layers_{li}_{name}"
+            y = y + F.linear(F.linear(x, self.a[key]), self.b[key])
+        return y
+
+    def _layer(self, h, li, pos, attend, adapt: bool):
+        """attend(q, k, v) -> attention output; returns (new h, this layer's k and v)."""
+        spec, w = self.spec, self.w
+        t = h.shape[0]
+        x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.attn_norm"], spec.rms_eps)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        q = _rope(self._lin(x, li, "q", adapt).view(t, spec.num_heads, spec.head_dim), cos, sin)
+        k = _rope(self._lin(x, li, "k", adapt).view(t, spec.num_kv_heads, spec.head_dim), cos, sin)
+        v = self._lin(x, li, "v", adapt).view(t, spec.num_kv_heads, spec.head_dim)
+        h = h + self._lin(attend(q, k, v).reshape(t, -1), li, "o", adapt)
+        x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.mlp_norm"], spec.rms_eps)
+        h = h + self._lin(F.silu(self._lin(x, li, "gate", adapt)) * self._lin(x, li, "up", adapt), li, "down", adapt)
+        return h, k, v
+
+    def _sdpa(self, q, k, v, mask):
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                             attn_mask=mask, enable_gqa=True)
+        return out.transpose(0, 1)
+
+    @torch.no_grad()
+    def clean(self, ids, pos, mask):
+        """The base model on clean tokens: per-layer K/V and the final hidden states (the teacher)."""
+        h = F.embedding(ids, self.w["embed"])
+        kvs = []
+        for li in range(self.spec.num_layers):
+            h, k, v = self._layer(h, li, pos, lambda q, k, v: self._sdpa(q, k, v, mask), adapt=False)
+            kvs.append((k, v))
+        return kvs, F.rms_norm(h, (self.spec.hidden_size,), self.w["norm"], self.spec.rms_eps)
+
+    def masks(self, n, pos, kvs, mask):
+        """n mask rows at positions pos attending to [clean keys | mask keys] under mask; final hidden states."""
+        h = self.mask_embed.expand(n, -1)
+        for li in range(self.spec.num_layers):
+            ck, cv = kvs[li]
+
+            def attend(q, k, v, ck=ck, cv=cv):
+                return self._sdpa(q, torch.cat([ck, k]), torch.cat([cv, v]), mask)
+            h, _, _ = self._layer(h, li, pos, attend, adapt=True)
+        return F.rms_norm(h, (self.spec.hidden_size,), self.w["norm"], self.spec.rms_eps)
+
+    def head(self, h):
+        return F.linear(h, self.w.get("lm_head", self.w["embed"]))
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The engine's mask_adapter.safetensors: B carries the scale (alpha = rank, so 1)."""
+        out = {"mask_embed": self.mask_embed.detach().clone()}
+        for key in self.a:
+            name = key.replace("_", ".", 1).replace("_", ".", 1)  # layers_3_gate -> layers.3.gate
+            out[f"{name}.lora_A"] = self.a[key].detach().clone()
+            out[f"{name}.lora_B"] = self.b[key].detach().clone()
+        return out
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.mask_embed.copy_(state["mask_embed"])
+            for key in self.a:
+                name = key.replace("_", ".", 1).replace("_", ".", 1)
+                self.a[key].copy_(state[f"{name}.lora_A"])
+                self.b[key].copy_(state[f"{name}.lora_B"])
+
+
+def load_pairs(path: str, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, answer) ids; an answer cut by the teacher's max_tokens loses the EOS `--keep-truncated` gave it."""
+    out = []
+    for n, row in enumerate(read_jsonl(Path(path)), 1):
+        if not isinstance(row.get("prompt_ids"), list) or not isinstance(row.get("answer_ids"), list):
+            raise DataError(f"{path}:{n}: needs prompt_ids and answer_ids (from `d2f refurbish data`)")
+        answer = row["answer_ids"][:-1] if row.get("finish_reason") == "length" else row["answer_ids"]
+        prompt = row["prompt_ids"][-(max_len // 2):]
+        answer = answer[:max_len - len(prompt)]
+        if len(answer) >= 3:
+            out.append((prompt, answer))
+    if not out:
+        raise DataError(f"{path}: no usable examples")
+    return out
+
+
+class Span(NamedTuple):
+    example: int
+    offset: int           # the example's first row among the packed clean tokens
+    anchor: int           # last clean position the span's masks see
+    block_size: int
+    first: int            # where the leftmost mask sits in its block
+    rows: list[tuple[int, int]]  # (position, block index within the span)
+
+
+class Packed(NamedTuple):
+    ids: torch.Tensor          # [N] clean tokens of every example
+    positions: torch.Tensor    # [N]
+    clean_mask: torch.Tensor   # [N, N] causal within each example
+    mask_positions: torch.Tensor  # [M]
+    mask_mask: torch.Tensor    # [M, N + M]: keys are clean rows then mask rows
+    targets: torch.Tensor      # [M] clean row whose teacher distribution each mask learns
+    spans: list[Span]
+
+
+def build_batch(pairs, rng: random.Random, cfg: Config) -> Packed:
+    """Packed clean tokens of every example and their mask spans, with both attention masks."""
+    ids, pos, ex_of, spans = [], [], [], []
+    offset = 0
+    for e, (prompt, answer) in enumerate(pairs):
+        seq = prompt + answer
+        t = len(seq)
+        ids += seq
+        pos += range(t)
+        ex_of += [e] * t
+        p = len(prompt)
+        # Anchor a: the last clean position before the span; its mask j predicts token j + 1 (shifted).
+        for a in rng.sample(range(p - 1, t - 2), min(cfg.anchors, t - 1 - p)):
+            bs = rng.choice(cfg.block_sizes)
+            first = rng.randrange(bs)  # where the leftmost mask sits in its block
+            length = bs - first + (bs if rng.random() < 0.5 else 0)
+            js = [j for j in range(a + 1, a + 1 + length) if j + 1 < t]
+            if js:
+                spans.append(Span(e, offset, a, bs, first, [(j, (j - a - 1 + first) // bs) for j in js]))
+        offset += t
+    n_clean = len(ids)
+    ex = torch.tensor(ex_of)
+    cpos = torch.tensor(pos)
+    clean_mask = (ex[:, None] == ex[None, :]) & (cpos[None, :] <= cpos[:, None])
+    mpos, targets, span_of, block_of, anchor_key = [], [], [], [], []
+    for s, (e, off, a, _, _, rows) in enumerate(spans):
+        for j, blk in rows:
+            mpos.append(j)
+            targets.append(off + j)  # the clean row whose teacher distribution predicts token j + 1
+            span_of.append(s)
+            block_of.append(blk)
+            anchor_key.append(off + a)
+    span_t, block_t = torch.tensor(span_of), torch.tensor(block_of)
+    keys = torch.arange(n_clean)
+    ex_start = torch.tensor([spans[s].offset for s in span_of])
+    to_clean = (keys[None, :] >= ex_start[:, None]) & (keys[None, :] <= torch.tensor(anchor_key)[:, None])
+    to_masks = (span_t[:, None] == span_t[None, :]) & (block_t[None, :] <= block_t[:, None])
+    return Packed(torch.tensor(ids), cpos, clean_mask, torch.tensor(mpos), torch.cat([to_clean, to_masks], dim=1),
+                  torch.tensor(targets), spans)
+
+
+def mask_logits(student: Student, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student logits at every mask row, teacher probabilities for the same rows)."""
+    kvs, clean_h = student.clean(batch.ids, batch.positions, batch.clean_mask)
+    with torch.no_grad():
+        teacher = F.softmax(student.head(clean_h.index_select(0, batch.targets)).float(), dim=-1)
+    m = batch.mask_positions.shape[0]
+    return student.head(student.masks(m, batch.mask_positions, kvs, batch.mask_mask)), teacher
+
+
+def loss_on(student: Student, batch: Packed) -> tuple[torch.Tensor, int]:
+    """Soft cross-entropy against the AR model's own distribution, per mask row."""
+    logits, teacher = mask_logits(student, batch)
+    return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean(), logits.shape[0]
+
+
+def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, log: list) -> None:
+    """A directory the engine loads as it is: the base's config with the d2f section, its weights and
+    tokenizer (hard-linked when possible), and the adapter."""
+    out, base = Path(cfg.out), Path(cfg.teacher)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.suffix == ".safetensors" or f.name in TOKENIZER_FILES or f.name.endswith(".index.json"):
+            dst = out / f.name
+            if not dst.exists():
+                try:
+                    dst.hardlink_to(f)
+                except OSError:
+                    shutil.copy2(f, dst)
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in student.adapter_state().items()}
+    tmp = out / (ADAPTER_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"step": str(step), "rank": str(cfg.rank)})
+    tmp.replace(out / ADAPTER_FILE)
+    d2f = {"mask_token_id": cfg.mask_token, "ar_preserving": True, "train_block_size": 1,
+           "block_size": cfg.block_size, "tau_add": 0.5, "tau_act": 0.9, "tau_conf": 0.9}
+    cfg_out = dict(raw)
+    cfg_out["d2f"] = {**d2f, **(cfg_out.get("d2f") or {}), "ar_preserving": True, "mask_token_id": cfg.mask_token}
+    (out / "config.json").write_text(json.dumps(cfg_out, indent=1))
+    (out / "d2f.json").write_text(json.dumps({"refurbished_from": str(base), "mode": "ar-preserving",
+                                              "step": step, "config": {k: v for k, v in vars(cfg).items()},
+                                              "log": log[-200:]}, indent=1, default=str))
+
+
+def train(cfg: Config, stream=sys.stderr) -> int:
+    torch.manual_seed(cfg.seed)
+    spec, raw = read_spec(cfg.teacher)
+    if spec.family not in ("llama", "qwen2"):
+        raise ValueError(f"--ar-preserving needs a Llama/Qwen2 (AR) teacher, got {spec.family}")
+    if not 0 <= cfg.mask_token < spec.vocab_size:
+        raise ValueError(f"--mask-token {cfg.mask_token} is outside the vocabulary")
+    weights = load_weights(cfg.teacher, spec, torch.float32, "cpu")
+    student = Student(spec, weights, cfg.rank, cfg.mask_token, cfg.seed)
+    step, log = 0, []
+    if cfg.init_from:
+        student.load_adapter_state({k: v.float() for k, v in load_file(str(Path(cfg.init_from) / ADAPTER_FILE)).items()})
+        step = json.loads((Path(cfg.init_from) / "d2f.json").read_text()).get("step", 0)
+    pairs = load_pairs(cfg.data, cfg.max_len)
+    params = list(student.a.values()) + list(student.b.values()) + [student.mask_embed]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    progress = Progress(cfg.steps, cfg.minutes * 60 if cfg.minutes else None, stream)
+    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C: finish the step, save
+    first = step
+    try:
+        while not stop["now"]:
+            if cfg.steps is not None and step - first >= cfg.steps:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            rng = random.Random(cfg.seed * 1_000_003 + step)  # the batch of a step depends only on seed and step
+            batch = build_batch([pairs[i] for i in rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))],
+                                rng, cfg)
+            loss, m = loss_on(student, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            log.append({"step": step, "loss": round(loss.item(), 4)})
+            progress.update(step - first, loss.item(), m)
+            if step % cfg.save_every == 0:
+                save(student, cfg, step, spec, raw, log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    save(student, cfg, step, spec, raw, log)
+    print(f"saved the AR-preserving D2F model at step {step} to {cfg.out}", file=stream)
+    return 130 if stop["now"] else 0
