@@ -267,6 +267,7 @@ def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, l
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in student.adapter_state().items()}
     tmp = out / (ADAPTER_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"step": str(step), "rank": str(cfg.rank)})
+    tmp.chmod(0o644)  # readable by a server running as another user (the container does)
     tmp.replace(out / ADAPTER_FILE)
     d2f = {"mask_token_id": cfg.mask_token, "ar_preserving": True, "train_block_size": 1,
            "block_size": cfg.block_size, "tau_add": 0.5, "tau_act": 0.9, "tau_conf": 0.9}

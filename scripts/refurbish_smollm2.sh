@@ -12,7 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
 work="${1:-/tmp/d2f-smollm2}"
-minutes="${2:-45}"
+minutes="${2:-48}"
 py="${PYTHON:-python}"
 d2f=("$py" -m refurbish)  # the same commands as `d2f refurbish` / `d2f eval`
 mkdir -p "$work" "$root/docs"
@@ -29,8 +29,17 @@ base="$("$py" -c 'from engine.cli import resolve_model; print(resolve_model("smo
     --block-size 4 --lora-rank 32 --lr 1e-3 --batch-size 2 --anchors 48 --max-len 192 \
     --minutes "$minutes" --save-every 50 --seed 0
 
+# Shipped knob defaults, from a single-stream sweep over block size 2/4, tau_add 0.5/1.0 and tau_conf 0.5-0.9:
+# block 2 with the next block opened only when the current one is done kept the AR answers best.
+"$py" - "$work/d2f/config.json" <<'PY'
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg["d2f"].update(block_size=2, tau_add=1.0, tau_act=0.9, tau_conf=0.9)
+json.dump(cfg, open(sys.argv[1], "w"), indent=1)
+PY
+
 "${d2f[@]}" eval --model "$work/d2f" --reference-model "$base" --prompts "$here/prompts/heldout.txt" --chat \
-    --max-tokens 64 --knobs quality,balanced,fast,0.6,0.4 --single-stream 24 \
+    --max-tokens 64 --knobs quality,balanced,fast,0.5 --single-stream 16 \
     --plot "$root/docs/smollm2_d2f_curve.png" --json > "$root/docs/smollm2_d2f_eval.json"
 
 mkdir -p "$root/engine/models/smollm2_d2f"
