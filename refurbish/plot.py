@@ -17,7 +17,7 @@ def plot_curve(report: dict, path: str) -> None:
         pts = [(s[speed], s[key], s["knobs"]) for s in settings if s.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="D2F")
         for x, y, k in pts:
-            ax.annotate(f"{k['tau_conf']}/{k['tau_act']}/B{k['block_size']}", (x, y), fontsize=7,
+            ax.annotate(f"{k['tau_conf']:.3g}/{k['tau_act']:.3g}/B{k['block_size']}", (x, y), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
         if ar.get(key) is not None:
             ax.plot([ar[speed]], [ar[key]], "r*", markersize=12, label="AR (reference)")
