@@ -10,7 +10,8 @@ SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
 
 def speed_to_taus(speed: float) -> tuple[float, float]:
     """Map speed in [0, 1] monotonically onto (tau_conf, tau_act): 0 -> 0.95, 0.5 -> 0.9, 1 -> 0.85."""
-    tau = 0.95 - 0.10 * speed
+    # Rounded so the presets are the documented 0.95 / 0.9 / 0.85, not 0.8999999999999999.
+    tau = round(0.95 - 0.10 * speed, 6)
     return tau, tau
 
 
