@@ -105,7 +105,7 @@ def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: 
 
 
 def run(args) -> dict:
-    from .cli import resolve_model
+    from .cli import AR_DEFAULT, D2F_DEFAULT, resolve_model
     from .tokenizer import load_tokenizer
 
     model_dir = resolve_model(args.model)
@@ -134,7 +134,7 @@ def run(args) -> dict:
     else:
         result["d2f_tok_s"] = None
     gguf = args.gguf
-    if gguf is None and args.model in (None, "smollm2", "smollm2-d2f"):  # the embedded model: its own GGUF
+    if gguf is None and args.model in (None, AR_DEFAULT, D2F_DEFAULT):  # the embedded model: its own GGUF
         from .models.default_model import gguf_path
 
         gguf = str(gguf_path())

@@ -81,13 +81,14 @@ class Runner:
             qrows.append(torch.arange(i * q_len, i * q_len + n))
             gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
-            vis.append(torch.nn.functional.pad(ends, (0, q_len - n), value=1))  # padded rows see key 0
             if self.ar_preserving:
                 m = torch.zeros(q_len, k_len, dtype=torch.bool)
                 m[:n] = ar_preserving_mask(w.seq, w.start, w.end, k_len, ends)
-                m[n:, 0] = True
+                m[n:, 0] = True  # padded rows see key 0
                 masks.append(m)
                 adapter_rows.extend(offset + j for j, x in enumerate(w.seq.is_masked[w.start:w.end]) if x)
+            else:
+                vis.append(torch.nn.functional.pad(ends, (0, q_len - n), value=1))  # padded rows see key 0
             offset += n
         total = sum(len(x) for x in ids)
         pad = self._align(total) - total
@@ -95,11 +96,10 @@ class Runner:
         pos.append(torch.zeros(pad, dtype=torch.long))
         write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
         qrows.append(torch.full((pad,), b * q_len, dtype=torch.long))
-        vis_grid = torch.stack(vis)  # [B, Lq]
         if self.ar_preserving:
             mask = torch.stack(masks)
         else:
-            mask = torch.arange(k_len)[None, None, :] < vis_grid[:, :, None]
+            mask = torch.arange(k_len)[None, None, :] < torch.stack(vis)[:, :, None]  # vis: [B, Lq]
         dev = self.device
         batch = AttnBatch(
             positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev),

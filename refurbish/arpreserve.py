@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import signal
 import sys
 import time
@@ -29,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from engine.models.checkpoint import load_weights, read_spec
+from engine.models.checkpoint import link_or_copy, load_weights, read_spec
+from engine.models.decoder import rope, rope_tables
 from engine.models.mask_adapter import FILE as ADAPTER_FILE
-from engine.models.mask_adapter import PROJECTIONS
+from engine.models.mask_adapter import PROJECTIONS, projection_shape
 from engine.models.spec import ModelSpec
-from engine.tokenizer import TOKENIZER_FILES
 
 from .data import DataError, read_jsonl
+from .hfmodel import copy_tokenizer
 from .progress import Progress
 
 
@@ -59,12 +59,6 @@ class Config:
     init_from: str | None = None
 
 
-def _rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
 class Student(torch.nn.Module):
     """Frozen base weights (fp32) + the trainable mask adapter, with the two passes training needs."""
 
@@ -72,25 +66,17 @@ class Student(torch.nn.Module):
         super().__init__()
         self.spec, self.w, self.rank = spec, w, rank
         g = torch.Generator().manual_seed(seed)
-        shapes = {"q": (spec.num_heads * spec.head_dim, spec.hidden_size),
-                  "k": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
-                  "v": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
-                  "o": (spec.hidden_size, spec.num_heads * spec.head_dim),
-                  "gate": (spec.intermediate_size, spec.hidden_size), "up": (spec.intermediate_size, spec.hidden_size),
-                  "down": (spec.hidden_size, spec.intermediate_size)}
         self.a = torch.nn.ParameterDict()
         self.b = torch.nn.ParameterDict()
         for li in range(spec.num_layers):
-            for name, (o, i) in shapes.items():
+            for name in PROJECTIONS:
+                o, i = projection_shape(spec, name)
                 key = f"layers.{li}.{name}"
                 # B starts at zero: the untrained adapter is the base model fed a mask vector.
                 self.a[key.replace(".", "_")] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
                 self.b[key.replace(".", "_")] = torch.nn.Parameter(torch.zeros(o, rank))
         self.mask_embed = torch.nn.Parameter(w["embed"][mask_id].clone())
-        half = spec.head_dim // 2
-        inv = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
-        ang = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv[None]
-        self.cos, self.sin = ang.cos().float(), ang.sin().float()
+        self.cos, self.sin = rope_tables(spec)
 
     def _lin(self, x, li, name, adapt: bool):
         y = F.linear(x, self.w[f"layers.{li}.{name}"])
@@ -105,8 +91,8 @@ class Student(torch.nn.Module):
         t = h.shape[0]
         x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.attn_norm"], spec.rms_eps)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
-        q = _rope(self._lin(x, li, "q", adapt).view(t, spec.num_heads, spec.head_dim), cos, sin)
-        k = _rope(self._lin(x, li, "k", adapt).view(t, spec.num_kv_heads, spec.head_dim), cos, sin)
+        q = rope(self._lin(x, li, "q", adapt).view(t, spec.num_heads, spec.head_dim), cos, sin)
+        k = rope(self._lin(x, li, "k", adapt).view(t, spec.num_kv_heads, spec.head_dim), cos, sin)
         v = self._lin(x, li, "v", adapt).view(t, spec.num_kv_heads, spec.head_dim)
         h = h + self._lin(attend(q, k, v).reshape(t, -1), li, "o", adapt)
         x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.mlp_norm"], spec.rms_eps)
@@ -257,13 +243,9 @@ def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, l
     out, base = Path(cfg.out), Path(cfg.teacher)
     out.mkdir(parents=True, exist_ok=True)
     for f in base.iterdir():
-        if f.suffix == ".safetensors" or f.name in TOKENIZER_FILES or f.name.endswith(".index.json"):
-            dst = out / f.name
-            if not dst.exists():
-                try:
-                    dst.hardlink_to(f)
-                except OSError:
-                    shutil.copy2(f, dst)
+        if (f.suffix == ".safetensors" or f.name.endswith(".index.json")) and not (out / f.name).exists():
+            link_or_copy(f, out / f.name)
+    copy_tokenizer(base, out)
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in student.adapter_state().items()}
     tmp = out / (ADAPTER_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"step": str(step), "rank": str(cfg.rank)})

@@ -48,21 +48,29 @@ def _wait_until(predicate, seconds=30.0):
     return poll()
 
 
-def test_stream_disconnect_aborts_and_frees_kv(model_dirs):
+def _hang_up(model_dir, body, ready):
+    """POST body, hang up once ready(engine, sent) holds; (sent messages, aborted outputs, KV freed,
+    metric samples, admission slots still held)."""
     async def main():
-        async with Client(model_dirs["ar"]) as c:
+        async with Client(model_dir) as c:
             state = c._transport.app.state.d2f
             engine = state.engine.engine
             aborted = spy_aborts(engine)
             hang_up, sent = asyncio.Event(), []
-            call = asyncio.create_task(asgi_call(c._transport.app, "/v1/completions", LONG | {"stream": True},
-                                                 hang_up, sent))
-            assert await _wait_until(lambda: any(m.get("body", b"").startswith(b"data: ") for m in sent))
-            hang_up.set()  # the first block is out: hang up
+            call = asyncio.create_task(asgi_call(c._transport.app, "/v1/completions", body, hang_up, sent))
+            assert await _wait_until(lambda: ready(engine, sent))
+            hang_up.set()
             await call
             freed = await _wait_until(lambda: engine.pool.num_used == 0 and not engine.requests)
             return sent, aborted, freed, metric_samples((await c.get("/metrics")).text), state.admission.choices
-    sent, aborted, freed, m, held = run(main())
+    return run(main())
+
+
+def test_stream_disconnect_aborts_and_frees_kv(model_dirs):
+    # The first block is out: hang up.
+    sent, aborted, freed, m, held = _hang_up(
+        model_dirs["ar"], LONG | {"stream": True},
+        lambda engine, sent: any(msg.get("body", b"").startswith(b"data: ") for msg in sent))
     assert sent[0]["status"] == 200
     assert len(aborted) == 1 and len(aborted[0].token_ids) < LONG["max_tokens"]  # cut short while decoding
     assert freed and held == 0
@@ -71,20 +79,9 @@ def test_stream_disconnect_aborts_and_frees_kv(model_dirs):
 
 
 def test_plain_request_disconnect_aborts_and_frees_kv(model_dirs):
-    async def main():
-        async with Client(model_dirs["d2f"]) as c:
-            state = c._transport.app.state.d2f
-            engine = state.engine.engine
-            aborted = spy_aborts(engine)
-            hang_up, sent = asyncio.Event(), []
-            call = asyncio.create_task(asgi_call(c._transport.app, "/v1/completions", LONG | {"n": 2}, hang_up,
-                                                 sent))
-            assert await _wait_until(lambda: len(engine.requests) == 2 and engine.pool.num_used > 0)
-            hang_up.set()
-            await call
-            freed = await _wait_until(lambda: engine.pool.num_used == 0 and not engine.requests)
-            return sent, aborted, freed, metric_samples((await c.get("/metrics")).text), state.admission.choices
-    sent, aborted, freed, m, held = run(main())
+    sent, aborted, freed, m, held = _hang_up(
+        model_dirs["d2f"], LONG | {"n": 2},
+        lambda engine, sent: len(engine.requests) == 2 and engine.pool.num_used > 0)
     assert len(aborted) == 2 and all(len(a.token_ids) < LONG["max_tokens"] for a in aborted)
     assert freed and held == 0
     assert m[("d2f_requests_total", (("model_name", "d2f"), ("outcome", "abort")))] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -161,3 +162,12 @@ def _check_shapes(w: dict[str, torch.Tensor], spec: ModelSpec, root: Path) -> No
     for name, shape in expect.items():
         if tuple(w[name].shape) != shape:
             raise CheckpointError(f"{root}: tensor {name} has shape {tuple(w[name].shape)}, config implies {shape}")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A checkpoint file in a second directory: a hard link on the same disk (no second copy of the
+    weights), a copy elsewhere."""
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -43,6 +43,23 @@ class KVCache:
         self.scratch_slot = num_slots
 
 
+def rope_tables(spec: ModelSpec, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [max_positions, head_dim / 2], computed in fp64 and kept in fp32 whatever the model dtype
+    (LLaDA computes RoPE in fp32)."""
+    half = spec.head_dim // 2
+    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
+    angles = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the last dimension, in fp32."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)  # one fused op
@@ -77,12 +94,7 @@ class Decoder(torch.nn.Module):
                 weights.pop(p + name, None)  # the fused / packed copies replace them
         # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
         self.row_invariant = self.lm_head.row_invariant
-        half = spec.head_dim // 2
-        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
-        angles = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
-        # RoPE tables in fp32 whatever the model dtype (LLaDA computes RoPE in fp32).
-        self.cos = angles.cos().float().to(self.embed.device)
-        self.sin = angles.sin().float().to(self.embed.device)
+        self.cos, self.sin = rope_tables(spec, self.embed.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,12 +103,6 @@ class Decoder(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.device
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        xf = x.float()
-        x1, x2 = xf[..., :half], xf[..., half:]
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
     def _attention(self, q, kv_new, li: int, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
         spec = self.spec
@@ -145,7 +151,7 @@ class Decoder(torch.nn.Module):
         for li, layer in enumerate(self.layers):
             x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
             qkv = lin(li, "qkv", x)
-            qk = self._rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)  # q and k in one pass
+            qk = rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)  # q and k in one pass
             kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], dim=1)
             h = h + lin(li, "o", self._attention(qk[:, :spec.num_heads], kv_new, li, kv, batch))
             x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)

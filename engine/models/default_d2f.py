@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .checkpoint import link_or_copy
 from .default_model import cache_root, ensure_default_model
 
 SHIPPED = Path(__file__).parent / "smollm2_d2f"
@@ -62,10 +63,7 @@ def _assemble(base: Path, target: Path, want: str) -> None:
     try:
         for f in base.iterdir():
             if f.is_file() and f.name not in ("config.json",) and not f.name.startswith("."):
-                try:
-                    (tmp / f.name).hardlink_to(f)  # same cache, same disk: no second copy of the weights
-                except OSError:
-                    shutil.copy2(f, tmp / f.name)
+                link_or_copy(f, tmp / f.name)
         config = json.loads((base / "config.json").read_text())
         config["d2f"] = json.loads((SHIPPED / "d2f.json").read_text())
         (tmp / "config.json").write_text(json.dumps(config, indent=1))

@@ -21,7 +21,8 @@ PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 FUSED = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
 
 
-def _out_in(spec: ModelSpec, name: str) -> tuple[int, int]:
+def projection_shape(spec: ModelSpec, name: str) -> tuple[int, int]:
+    """[out, in] of one projection's weight."""
     h, d, i = spec.hidden_size, spec.head_dim, spec.intermediate_size
     return {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
             "o": (h, spec.num_heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}[name]
@@ -49,7 +50,7 @@ class MaskAdapter:
                     continue
                 a_rows, b_blocks, rank_total = [], [], 0
                 for p, a, b in pairs:
-                    out_f, in_f = _out_in(spec, p)
+                    out_f, in_f = projection_shape(spec, p)
                     if (a is None) != (b is None):
                         raise CheckpointError(f"{source}: layers.{li}.{p} lacks lora_A or lora_B")
                     if a is None:
