@@ -123,6 +123,10 @@ def run(args) -> dict:
               "prompt_tokens": len(prompt), "max_tokens": args.max_tokens}
     result["gemv_floor_ms"] = gemv_floor_ms(engine)
     result["fwd_ms"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+    if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
+        adapter, engine.model.adapter = engine.model.adapter, None
+        result["fwd_ms_without_adapter"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+        engine.model.adapter = adapter
     ar = DecodeParams(max_tokens=args.max_tokens, block_size=1)
     result["ar_tok_s"] = decode_tok_s(engine, prompt, ar)
     if engine.spec.is_d2f:
