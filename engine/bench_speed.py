@@ -11,6 +11,7 @@ import torch
 from . import decoding
 from .config import EngineConfig
 from .engine import Engine
+from .models.linear import onednn_supported
 from .params import SPEED_PRESETS, DecodeParams, speed_to_taus
 from .runner import Work
 
@@ -120,7 +121,9 @@ def run(args) -> dict:
     threads = torch.get_num_threads()
     result = {"benchmark": "speed", "model": model_dir, "device": args.device if hasattr(args, "device") else "cpu",
               "dtype": str(engine.model.dtype).removeprefix("torch."), "threads": threads,
-              "prompt_tokens": len(prompt), "max_tokens": args.max_tokens}
+              "prompt_tokens": len(prompt), "max_tokens": args.max_tokens,
+              # bf16 is only fast where oneDNN runs it natively (AVX512-BF16/AMX); elsewhere it is emulated
+              "native_bf16": onednn_supported(torch.bfloat16, "cpu")}
     result["gemv_floor_ms"] = gemv_floor_ms(engine)
     result["fwd_ms"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
     if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
