@@ -6,16 +6,13 @@ with the "d2f" section and the adapter. Rebuilt whenever the shipped adapter cha
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .checkpoint import link_or_copy
-from .default_model import cache_root, ensure_default_model
+from .default_model import build_once, ensure_default_model
 
 SHIPPED = Path(__file__).parent / "smollm2_d2f"
 DIR_NAME = "smollm2-135m-instruct-d2f"
@@ -38,17 +35,20 @@ def ensure_default_d2f_model(progress=print) -> Path:
     if not available():
         raise FileNotFoundError(f"{SHIPPED}: the D2F adapter of the default model is not in this installation")
     base = ensure_default_model(progress)
-    target = cache_root() / DIR_NAME
     want = _fingerprint()
-    if _stamp(target) == want:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{DIR_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process assembles; the others find it done
-        if _stamp(target) != want:
-            _assemble(base, target, want)
-            progress(f"default D2F model ready: {target}")
-    return target
+
+    def build(tmp: Path) -> None:
+        for f in base.iterdir():
+            if f.is_file() and f.name != "config.json" and not f.name.startswith("."):
+                link_or_copy(f, tmp / f.name)
+        config = json.loads((base / "config.json").read_text())
+        config["d2f"] = json.loads((SHIPPED / "d2f.json").read_text())
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        shutil.copy2(SHIPPED / ADAPTER, tmp / ADAPTER)
+        (tmp / MARKER).write_text(json.dumps({"adapter": want}))
+        progress("default D2F model assembled")
+
+    return build_once(DIR_NAME, lambda target: _stamp(target) == want, build, progress)
 
 
 def _stamp(target: Path) -> str | None:
@@ -56,25 +56,3 @@ def _stamp(target: Path) -> str | None:
         return json.loads((target / MARKER).read_text())["adapter"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _assemble(base: Path, target: Path, want: str) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DIR_NAME}.tmp-", dir=target.parent))
-    try:
-        for f in base.iterdir():
-            if f.is_file() and f.name not in ("config.json",) and not f.name.startswith("."):
-                link_or_copy(f, tmp / f.name)
-        config = json.loads((base / "config.json").read_text())
-        config["d2f"] = json.loads((SHIPPED / "d2f.json").read_text())
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        shutil.copy2(SHIPPED / ADAPTER, tmp / ADAPTER)
-        (tmp / MARKER).write_text(json.dumps({"adapter": want}))
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        tmp.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -53,42 +53,51 @@ def _is_complete(target: Path) -> bool:
         return False
 
 
-def ensure_default_model(progress=print) -> Path:
+def build_once(name: str, is_done, build, progress=print) -> Path:
+    """cache_root()/name, built by build(tmp_dir) unless is_done(path) already holds, by one process at a
+    time. The build happens in a temporary directory renamed into place, so readers see nothing or the
+    whole directory; holding the lock, anything unfinished found there is debris of a crashed run."""
     root = cache_root()
-    target = root / MODEL_DIR_NAME
-    if _is_complete(target):  # fast path: no lock, no heavy imports
+    target = root / name
+    if is_done(target):  # fast path: no lock, no heavy imports
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{MODEL_DIR_NAME}.lock", "w") as lock:
+    with open(root / f"{name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            progress("another process is converting the default model; waiting for it")
+            progress(f"another process is preparing {name}; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_complete(target):  # the process we waited for finished the job
+        if is_done(target):  # the process we waited for finished the job
             return target
-        src = gguf_path()
-        # Holding the lock, any temp dir or unmarked target is debris from a crashed run.
-        for stale in root.glob(f".{MODEL_DIR_NAME}.tmp-*"):
+        for stale in root.glob(f".{name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if target.exists():
             shutil.rmtree(target)
-        progress("converting SmolLM2 GGUF -> safetensors (one time, ~10 s)")
-        start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.tmp-", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
-            _convert(src, tmp, progress)
-            (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "source": str(src)}))
+            build(tmp)
             # mkdtemp makes a private dir; a shared cache (say, baked into an image) must be readable.
             for path in tmp.iterdir():
                 path.chmod(0o644)
             tmp.chmod(0o755)
-            os.replace(tmp, target)  # atomic: readers see nothing or the whole checkpoint
+            os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        progress(f"default model ready in {time.perf_counter() - start:.1f} s: {target}")
     return target
+
+
+def ensure_default_model(progress=print) -> Path:
+    def build(tmp: Path) -> None:
+        src = gguf_path()
+        progress("converting SmolLM2 GGUF -> safetensors (one time, ~10 s)")
+        start = time.perf_counter()
+        _convert(src, tmp, progress)
+        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "source": str(src)}))
+        progress(f"default model converted in {time.perf_counter() - start:.1f} s")
+
+    return build_once(MODEL_DIR_NAME, _is_complete, build, progress)
 
 
 def _field(reader, key: str, default=None):
