@@ -18,7 +18,7 @@ from .runner import Work
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
 
-def _median_ms(fn, repeat: int) -> float:
+def median_ms(fn, repeat: int) -> float:
     fn()
     times = []
     for _ in range(repeat):
@@ -43,29 +43,33 @@ def gemv_floor_ms(engine: Engine, repeat: int = 7) -> float:
             layer["gate_up"](x)
             layer["down"](x_mlp)
         model.lm_head(x)
-    return _median_ms(run, repeat)
+    return median_ms(run, repeat)
 
 
-def forward_ms(engine: Engine, cache_len: int, windows: list[int], repeat: int = 5) -> dict[str, float]:
-    """Our forward (model + logits for every window position) over a window with a cached prefix."""
+def cached_windows(engine: Engine, cache_len: int, windows: list[int]):
+    """Yields (size, Work): a window of that many masks over a cache_len-token prefix already in the KV cache."""
     spec = engine.spec
     mask_id = spec.mask_token_id if spec.is_d2f else 0
     engine.add_request("fwd", list(range(10, 10 + cache_len)), DecodeParams(max_tokens=max(windows),
                                                                             block_size=1, ignore_eos=True))
     seq = engine.requests["fwd"]
-    while seq.cached_len < cache_len:  # prefill the prefix through the real scheduler
-        engine.step()
-    out = {}
-    for w in windows:
-        del seq.tokens[cache_len:], seq.is_masked[cache_len:]
-        seq.tokens.extend([mask_id] * w)
-        seq.is_masked.extend([True] * w)
-        engine.pool.grow(seq.pages, cache_len + w)
-        predict = list(range(cache_len, cache_len + w))
-        work = Work(seq, cache_len, cache_len + w, cache_len, predict)
-        out[str(w)] = _median_ms(lambda: engine.runner.run([work]), repeat)
-    engine.abort("fwd")
-    return out
+    try:
+        while seq.cached_len < cache_len:  # prefill the prefix through the real scheduler
+            engine.step()
+        for w in windows:
+            del seq.tokens[cache_len:], seq.is_masked[cache_len:]
+            seq.tokens.extend([mask_id] * w)
+            seq.is_masked.extend([True] * w)
+            engine.pool.grow(seq.pages, cache_len + w)
+            yield w, Work(seq, cache_len, cache_len + w, cache_len, list(range(cache_len, cache_len + w)))
+    finally:
+        engine.abort("fwd")
+
+
+def forward_ms(engine: Engine, cache_len: int, windows: list[int], repeat: int = 5) -> dict[str, float]:
+    """Our forward (model + logits for every window position) over a window with a cached prefix."""
+    return {str(w): median_ms(lambda: engine.runner.run([work]), repeat)
+            for w, work in cached_windows(engine, cache_len, windows)}
 
 
 def decode_tok_s(engine: Engine, prompt: list[int], params: DecodeParams, runs: int = 2) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.bench_speed import cached_windows, median_ms  # noqa: E402
 from engine.cli import resolve_model  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.models import decoder as D  # noqa: E402
 from engine.params import DecodeParams  # noqa: E402
-from engine.runner import Work  # noqa: E402
 
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
@@ -84,27 +83,11 @@ def install(engine: Engine):
     D.Decoder.forward = forward
 
 
-def forwards(engine: Engine, windows: list[int], cache_len: int = 300, repeat: int = 7):
-    engine.add_request("fwd", list(range(10, 10 + cache_len)),
-                       DecodeParams(max_tokens=max(windows), block_size=1, ignore_eos=True))
-    seq = engine.requests["fwd"]
-    while seq.cached_len < cache_len:
-        engine.step()
+def forwards(engine: Engine, windows: list[int], repeat: int = 7):
     ms, logits = {}, {}
-    for w in windows:
-        del seq.tokens[cache_len:], seq.is_masked[cache_len:]
-        seq.tokens.extend([5] * w)
-        seq.is_masked.extend([True] * w)
-        engine.pool.grow(seq.pages, cache_len + w)
-        work = Work(seq, cache_len, cache_len + w, cache_len, list(range(cache_len, cache_len + w)))
+    for w, work in cached_windows(engine, 300, windows):
         logits[w] = engine.runner.run([work])[0]
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            engine.runner.run([work])
-            times.append(time.perf_counter() - t)
-        ms[str(w)] = round(1000 * statistics.median(times), 2)
-    engine.abort("fwd")
+        ms[str(w)] = median_ms(lambda: engine.runner.run([work]), repeat)
     return ms, logits
 
 
