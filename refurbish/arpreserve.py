@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +34,7 @@ from engine.models.spec import ModelSpec
 
 from .data import DataError, read_jsonl
 from .hfmodel import copy_tokenizer
-from .progress import Progress
+from .loop import run_training
 
 
 @dataclass
@@ -71,10 +69,10 @@ class Student(torch.nn.Module):
         for li in range(spec.num_layers):
             for name in PROJECTIONS:
                 o, i = projection_shape(spec, name)
-                key = f"layers.{li}.{name}"
+                key = f"layers_{li}_{name}"  # a ParameterDict key cannot hold dots
                 # B starts at zero: the untrained adapter is the base model fed a mask vector.
-                self.a[key.replace(".", "_")] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
-                self.b[key.replace(".", "_")] = torch.nn.Parameter(torch.zeros(o, rank))
+                self.a[key] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
+                self.b[key] = torch.nn.Parameter(torch.zeros(o, rank))
         self.mask_embed = torch.nn.Parameter(w["embed"][mask_id].clone())
         self.cos, self.sin = rope_tables(spec)
 
@@ -128,22 +126,26 @@ class Student(torch.nn.Module):
     def head(self, h):
         return F.linear(h, self.w.get("lm_head", self.w["embed"]))
 
+    def _pairs(self):
+        """(the adapter file's name for a projection, its A, its B), e.g. layers.3.gate."""
+        for li in range(self.spec.num_layers):
+            for name in PROJECTIONS:
+                yield f"layers.{li}.{name}", self.a[f"layers_{li}_{name}"], self.b[f"layers_{li}_{name}"]
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The engine's mask_adapter.safetensors: B carries the scale (alpha = rank, so 1)."""
         out = {"mask_embed": self.mask_embed.detach().clone()}
-        for key in self.a:
-            name = key.replace("_", ".", 1).replace("_", ".", 1)  # layers_3_gate -> layers.3.gate
-            out[f"{name}.lora_A"] = self.a[key].detach().clone()
-            out[f"{name}.lora_B"] = self.b[key].detach().clone()
+        for name, a, b in self._pairs():
+            out[f"{name}.lora_A"] = a.detach().clone()
+            out[f"{name}.lora_B"] = b.detach().clone()
         return out
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.mask_embed.copy_(state["mask_embed"])
-            for key in self.a:
-                name = key.replace("_", ".", 1).replace("_", ".", 1)
-                self.a[key].copy_(state[f"{name}.lora_A"])
-                self.b[key].copy_(state[f"{name}.lora_B"])
+            for name, a, b in self._pairs():
+                a.copy_(state[f"{name}.lora_A"])
+                b.copy_(state[f"{name}.lora_B"])
 
 
 def load_pairs(path: str, max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -277,33 +279,22 @@ def train(cfg: Config, stream=sys.stderr) -> int:
     pairs = load_pairs(cfg.data, cfg.max_len)
     params = list(student.a.values()) + list(student.b.values()) + [student.mask_embed]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    progress = Progress(cfg.steps, cfg.minutes * 60 if cfg.minutes else None, stream)
-    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
-    stop = {"now": False}
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C: finish the step, save
-    first = step
-    try:
-        while not stop["now"]:
-            if cfg.steps is not None and step - first >= cfg.steps:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            rng = random.Random(cfg.seed * 1_000_003 + step)  # the batch of a step depends only on seed and step
-            batch = build_batch([pairs[i] for i in rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))],
-                                rng, cfg)
-            loss, m = loss_on(student, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            log.append({"step": step, "loss": round(loss.item(), 4)})
-            progress.update(step - first, loss.item(), m)
-            if step % cfg.save_every == 0:
-                save(student, cfg, step, spec, raw, log)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        progress.close()
-    save(student, cfg, step, spec, raw, log)
+
+    def train_step() -> tuple[float, int]:
+        nonlocal step
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # the batch of a step depends only on seed and step
+        batch = build_batch([pairs[i] for i in rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))],
+                            rng, cfg)
+        loss, m = loss_on(student, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        log.append({"step": step, "loss": round(loss.item(), 4)})
+        return loss.item(), m
+
+    code = run_training(train_step, lambda: save(student, cfg, step, spec, raw, log), lambda: step,
+                        cfg.steps, cfg.minutes, cfg.save_every, stream)
     print(f"saved the AR-preserving D2F model at step {step} to {cfg.out}", file=stream)
-    return 130 if stop["now"] else 0
+    return code

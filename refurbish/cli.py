@@ -26,7 +26,7 @@ def add_refurbish_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
     p.add_argument("--lora-alpha", type=float, help="default: the rank")
     p.add_argument("--lora-dropout", type=float, default=0.1)
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="default: 100 unless --minutes is given")
     p.add_argument("--minutes", type=float)
     p.add_argument("--lr", type=float, help="default 1e-5 LLaDA, 5e-6 Dream, 1e-4 AR LoRA, 1e-5 AR --full")
     p.add_argument("--seed", type=int, default=0)

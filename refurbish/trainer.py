@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from . import losses
 from .data import batch_indices, collate, load_examples
 from .hfmodel import load_hf
 from .output import read_state, remove_stale, restore, save_output
-from .progress import Progress
+from .loop import run_training
 from .student import Teacher, add_mask_row, choose_mask_token, hidden_states, load_teacher, row_logits, wrap_lora
 
 # peft asks transformers about gradient checkpointing through a name transformers 5 deprecates.
@@ -209,23 +208,8 @@ class Refurbisher:
     def run(self, stream=None) -> int:
         """Train until --steps or --minutes; Ctrl-C saves and returns 130. Returns a process exit code."""
         cfg = self.cfg
-        steps = cfg.steps if cfg.steps or cfg.minutes else 100
-        seconds = cfg.minutes * 60 if cfg.minutes else None
-        progress = Progress(steps, seconds, **({"stream": stream} if stream else {}))
-        start, done, code = time.monotonic(), 0, 0
-        try:
-            while (steps is None or done < steps) and (seconds is None or time.monotonic() - start < seconds):
-                loss, tokens = self.train_step()
-                done += 1
-                progress.update(done, loss, tokens)
-                if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.save()
-        except KeyboardInterrupt:
-            code = 130
-        finally:
-            progress.close()
-        self.save()
-        return code
+        return run_training(self.train_step, self.save, lambda: self.step, cfg.steps, cfg.minutes,
+                            cfg.save_every, stream)
 
 
 def summary(path) -> dict:
