@@ -6,8 +6,9 @@ single-stream AR decode, compile time, and how far compiled logits are from eage
 Inductor fuses everything between the matmuls (RMSNorm, RoPE, SiLU*up, residuals); the linears and
 the paged attention stay the engine's own eager code behind opaque custom ops, so what changes is
 only the ~40 small ops per layer. Not in the engine because on the machine it was measured on (2-core
-AVX2, fp32) it did not pay; rerun it where the matmuls are fast (native bf16), where the glue is a
-larger share of a forward.
+AVX2, fp32) its gains were within noise for single-stream decode and did not cover its costs (minutes
+of compilation per start, a C++ compiler in the image, logits no longer bit-identical to eager); rerun it
+where the matmuls are fast (native bf16), where the glue is a larger share of a forward.
 """
 from __future__ import annotations
 
