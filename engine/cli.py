@@ -1,4 +1,4 @@
-"""`d2f` console script: serve | generate | bench | refurbish | eval."""
+"""`d2f generate`: decode one prompt with the engine and print the answer."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _generate_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the checkpoint)")
@@ -39,44 +39,12 @@ def _fail(msg: str) -> int:
     return 2
 
 
-# Names for the embedded default model; anything else is a checkpoint directory.
-AR_DEFAULT = "smollm2"
-D2F_DEFAULT = "smollm2-d2f"
-# The D2F default replaces the AR one only once it meets the quality bar (see README, "Default model").
-DEFAULT_IS_D2F = False
-
-
-def default_name() -> str:
-    from .models import default_d2f
-
-    return D2F_DEFAULT if DEFAULT_IS_D2F and default_d2f.available() else AR_DEFAULT
-
-
-def served_name(path: str | None) -> str | None:
-    """The name a default model is served under; None for a checkpoint directory (its folder name)."""
-    name = path or default_name()
-    return {AR_DEFAULT: "smollm2-135m-instruct", D2F_DEFAULT: "smollm2-135m-instruct-d2f"}.get(name)
-
-
-def resolve_model(path: str | None) -> str:
-    name = path or default_name()
-    progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if name == AR_DEFAULT:
-        from .models.default_model import ensure_default_model
-
-        return str(ensure_default_model(progress=progress))
-    if name == D2F_DEFAULT:
-        from .models.default_d2f import ensure_default_d2f_model
-
-        return str(ensure_default_d2f_model(progress=progress))
-    return name
-
-
-def run_generate(args) -> int:
+def run(args) -> int:
     from .config import EngineConfig
     from .engine import Engine
     from .models.families import CheckpointError
     from .params import DecodeParams
+    from .models.registry import resolve_model
     from .tokenizer import load_tokenizer
 
     try:
@@ -116,33 +84,3 @@ def run_generate(args) -> int:
         print(f"[{len(out.token_ids)} tokens, {out.num_forwards} forwards, {seconds:.2f} s, "
               f"finish={out.finish_reason}]", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2f", description="D2F diffusion-LLM inference server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _generate_args(sub.add_parser("generate", help="decode one prompt and print the answer"))
-    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
-    bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    from server import launch  # the HTTP side ships in the same distribution
-
-    launch.add_arguments(serve)
-    from . import bench as bench_mod
-
-    bench_mod.add_arguments(bench)
-    from refurbish import cli as refurbish_cli  # training ships in the same distribution
-
-    refurbish_cli.add_refurbish_arguments(sub.add_parser("refurbish", help="train a D2F model from a checkpoint"))
-    refurbish_cli.add_eval_arguments(sub.add_parser("eval", help="speed/quality curve of a D2F model"))
-    args = parser.parse_args(argv)
-    if args.command == "generate":
-        return run_generate(args)
-    if args.command == "serve":
-        return launch.run(args)
-    if args.command in ("refurbish", "eval"):
-        return refurbish_cli.run(args)
-    return bench_mod.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

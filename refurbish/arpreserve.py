@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from engine.models.checkpoint import link_or_copy, load_weights, read_spec
-from engine.models.decoder import rope, rope_tables
-from engine.models.mask_adapter import FILE as ADAPTER_FILE
-from engine.models.mask_adapter import PROJECTIONS, projection_shape
-from engine.models.spec import ModelSpec
+from d2f.engine.models.checkpoint import link_or_copy, load_weights, read_spec
+from d2f.engine.models.decoder import rope, rope_tables
+from d2f.engine.models.mask_adapter import FILE as ADAPTER_FILE
+from d2f.engine.models.mask_adapter import PROJECTIONS, projection_shape
+from d2f.engine.models.spec import ModelSpec
 
 from .data import DataError, read_jsonl
 from .hfmodel import copy_tokenizer

@@ -110,8 +110,8 @@ def _run_ar_preserving(args) -> int:
         raise ValueError(f"{', '.join(missing)} required")
     if args.full:
         raise ValueError("--ar-preserving trains an adapter; --full does not apply")
-    from engine.models.checkpoint import read_spec
-    from engine.tokenizer import load_tokenizer
+    from d2f.engine.models.checkpoint import read_spec
+    from d2f.engine.tokenizer import load_tokenizer
 
     from .student import choose_mask_token
 
@@ -128,7 +128,7 @@ def _run_ar_preserving(args) -> int:
 
 
 def run(args) -> int:
-    from engine.models.families import CheckpointError
+    from d2f.engine.models.families import CheckpointError
 
     from .data import DataError
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from engine.config import EngineConfig
-from engine.engine import Engine
-from engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
-from engine.tokenizer import load_tokenizer
+from d2f.engine.config import EngineConfig
+from d2f.engine.engine import Engine
+from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.tokenizer import load_tokenizer
 
 from . import metrics
 from .data import load_prompts

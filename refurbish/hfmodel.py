@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from engine.models.checkpoint import load_weights, read_spec
-from engine.models.families import source_names
-from engine.models.spec import ModelSpec
-from engine.tokenizer import TOKENIZER_FILES
+from d2f.engine.models.checkpoint import load_weights, read_spec
+from d2f.engine.models.families import source_names
+from d2f.engine.models.spec import ModelSpec
+from d2f.engine.tokenizer import TOKENIZER_FILES
 
 EXTRA_TOKENIZER_FILES = ("special_tokens_map.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
                          "generation_config.json")

@@ -9,10 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from engine.config import EngineConfig
-from engine.engine import Engine
-from engine.params import DecodeParams
-from engine.tokenizer import load_tokenizer
+from d2f.engine.config import EngineConfig
+from d2f.engine.engine import Engine
+from d2f.engine.params import DecodeParams
+from d2f.engine.tokenizer import load_tokenizer
 
 from .data import load_prompts
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from engine.config import DTYPES
-from engine.models.checkpoint import read_spec
-from engine.tokenizer import load_tokenizer
+from d2f.engine.config import DTYPES
+from d2f.engine.models.checkpoint import read_spec
+from d2f.engine.tokenizer import load_tokenizer
 
 from . import losses
 from .data import batch_indices, collate, load_examples

@@ -20,7 +20,7 @@ mkdir -p "$work" "$root/docs"
 "$py" -m pip download --no-deps -q chatterbot-corpus==1.3.3 -d "$work/corpus"
 (cd "$work/corpus" && "$py" -m zipfile -e chatterbot_corpus-*.whl .)
 "$py" "$here/make_prompts.py" "$work/corpus"
-base="$("$py" -c 'from engine.cli import resolve_model; print(resolve_model("smollm2"))')"
+base="$("$py" -c 'from d2f.engine.models.registry import resolve_model; print(resolve_model("smollm2"))')"
 
 "${d2f[@]}" refurbish data --teacher "$base" --prompts "$here/prompts/train.txt" --chat \
     --max-tokens 128 --seed 0 --keep-truncated --out "$work/selfdistill.jsonl"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from engine.async_engine import AsyncEngine
-from engine.config import EngineConfig
-from engine.engine import Engine
+from d2f.engine.async_engine import AsyncEngine
+from d2f.engine.config import EngineConfig
+from d2f.engine.engine import Engine
 
 from . import errors, routes
 from .admission import Admission
@@ -65,7 +65,7 @@ class ServerState:
         config = settings.engine_config()  # validates the settings before any loading starts
 
         def build() -> Engine:
-            from engine.tokenizer import load_tokenizer
+            from d2f.engine.tokenizer import load_tokenizer
 
             engine = Engine(config)
             tokenizer = load_tokenizer(settings.model)

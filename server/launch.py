@@ -62,8 +62,8 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from engine.cli import resolve_model, served_name
-    from engine.models.families import CheckpointError
+    from d2f.engine.models.registry import resolve_model, served_name
+    from d2f.engine.models.families import CheckpointError
 
     from .app import ServerSettings, build_app
 

@@ -8,7 +8,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 
 MAX_N = 16
 MAX_STOP = 16

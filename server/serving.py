@@ -10,8 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from engine.async_engine import EngineDeadError
-from engine.params import DecodeParams
+from d2f.engine.async_engine import EngineDeadError
+from d2f.engine.params import DecodeParams
 
 from .errors import APIError, error_body
 from .textstream import TextStream

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import EngineConfig
-from engine.engine import Engine
-from tests import checkpoints as ck
+from tests.support import checkpoints as ck
+from tests.support.engines import make_engine
 
 torch.set_num_threads(2)
 
@@ -22,12 +21,6 @@ def ckpt_dirs(tmp_path_factory) -> dict:
         "llama_d2f": ck.write_llama(root / "llama_d2f", ck.hf_llama(seed=5), mask_id=ck.MASK_ID,
                                     d2f={"train_block_size": 2}),
     }
-
-
-def make_engine(path, **kw) -> Engine:
-    kw.setdefault("dtype", "fp32")
-    kw.setdefault("kv_cache_memory", 1 << 24)
-    return Engine(EngineConfig(model=str(path), **kw))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,131 @@
+"""Does torch.compile of the decoder's glue pay? Prints JSON: eager vs compiled forward per window size,
+single-stream AR decode, compile time, and how far compiled logits are from eager ones.
+
+    python -m d2f.bench.compile [--dtype fp32|bf16] [--model smollm2]
+
+Inductor fuses everything between the matmuls (RMSNorm, RoPE, SiLU*up, residuals); the linears and
+the paged attention stay the engine's own eager code behind opaque custom ops, so what changes is
+only the ~40 small ops per layer. Not in the engine because on the machine it was measured on (2-core
+AVX2, fp32) its gains were within noise for single-stream decode and did not cover its costs (minutes
+of compilation per start, a C++ compiler in the image, logits no longer bit-identical to eager); rerun it
+where the matmuls are fast (native bf16), where the glue is a larger share of a forward.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from d2f.bench.speed import cached_windows, median_ms  # noqa: E402
+from d2f.engine.models.registry import resolve_model  # noqa: E402
+from d2f.engine.config import EngineConfig  # noqa: E402
+from d2f.engine.engine import Engine  # noqa: E402
+from d2f.engine.models import decoder as D  # noqa: E402
+from d2f.engine.params import DecodeParams  # noqa: E402
+
+PROJECTIONS = ("qkv", "o", "gate_up", "down")
+
+
+def install(engine: Engine):
+    """Replace Decoder.forward with a compiled body; returns the compiled callable (for warm-up)."""
+    model, spec = engine.model, engine.spec
+    state = {}
+    widths = {"qkv": (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim, "o": spec.hidden_size,
+              "gate_up": 2 * spec.intermediate_size, "down": spec.hidden_size}
+
+    @torch.library.custom_op("d2fbench::linear", mutates_args=())
+    def linear(x: torch.Tensor, li: int, which: int) -> torch.Tensor:
+        return model.layers[li][PROJECTIONS[which]](x)
+
+    @linear.register_fake
+    def _(x, li, which):
+        return x.new_empty(x.shape[0], widths[PROJECTIONS[which]])
+
+    # The KV cache is written inside: hidden from the compiler so it never copies the whole cache.
+    @torch.library.custom_op("d2fbench::attention", mutates_args=())
+    def attention(q: torch.Tensor, kv_new: torch.Tensor, li: int) -> torch.Tensor:
+        return model._attention(q, kv_new, li, state["kv"], state["batch"])
+
+    @attention.register_fake
+    def _(q, kv_new, li):
+        return q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+
+    nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
+    heads = spec.num_heads + spec.num_kv_heads
+
+    def body(h, cos, sin):
+        t = h.shape[0]
+        for li, layer in enumerate(model.layers):
+            x = D._rms_norm(h, layer["attn_norm"], spec.rms_eps)
+            qkv = linear(x, li, 0)
+            qk = D.rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)
+            kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], 1)
+            h = h + linear(attention(qk[:, :spec.num_heads].contiguous(), kv_new, li), li, 1)
+            x = D._rms_norm(h, layer["mlp_norm"], spec.rms_eps)
+            gate, up = linear(x, li, 2).chunk(2, dim=-1)
+            h = h + linear(F.silu(gate) * up, li, 3)
+        return D._rms_norm(h, model.norm, spec.rms_eps)
+
+    compiled = torch.compile(body, dynamic=True, fullgraph=True)
+
+    @torch.inference_mode()
+    def forward(self, input_ids, batch, kv):
+        state["kv"], state["batch"] = kv, batch
+        cos = self.cos.index_select(0, batch.positions)[:, None, :]
+        sin = self.sin.index_select(0, batch.positions)[:, None, :]
+        return compiled(F.embedding(input_ids, self.embed), cos, sin)
+
+    D.Decoder.forward = forward
+
+
+def forwards(engine: Engine, windows: list[int], repeat: int = 7):
+    ms, logits = {}, {}
+    for w, work in cached_windows(engine, 300, windows):
+        logits[w] = engine.runner.run([work])[0]
+        ms[str(w)] = median_ms(lambda: engine.runner.run([work]), repeat)
+    return ms, logits
+
+
+def decode(engine: Engine, runs: int = 3):
+    prompt, best, ids = list(range(100, 142)), 0.0, None
+    for _ in range(runs):
+        t = time.perf_counter()
+        ids = engine.generate([prompt], DecodeParams(max_tokens=64, block_size=1, ignore_eos=True))[0].token_ids
+        best = max(best, len(ids) / (time.perf_counter() - t))
+    return round(best, 2), ids
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    args = ap.parse_args()
+    engine = Engine(EngineConfig(model=resolve_model(args.model), dtype=args.dtype, kv_cache_memory=1 << 30))
+    if engine.model.adapter is not None:
+        sys.exit("bench_compile: plain (non-AR-preserving) models only; the mask adapter is not traced")
+    windows = [1, 2, 4, 8, 16, 32]
+    eager_ms, eager_logits = forwards(engine, windows)
+    eager_tok_s, eager_ids = decode(engine)
+    install(engine)
+    t = time.perf_counter()
+    forwards(engine, [1, 2], repeat=1)  # T=1 and one dynamic-T graph
+    compile_s = time.perf_counter() - t
+    comp_ms, comp_logits = forwards(engine, windows)
+    comp_tok_s, comp_ids = decode(engine)
+    print(json.dumps({
+        "benchmark": "compile_glue", "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "compile_and_warmup_s": round(compile_s, 1),
+        "eager_fwd_ms": eager_ms, "compiled_fwd_ms": comp_ms,
+        "eager_ar_tok_s": eager_tok_s, "compiled_ar_tok_s": comp_tok_s,
+        "same_greedy_tokens": eager_ids == comp_ids,
+        "logits_bitwise_equal": {str(w): torch.equal(eager_logits[w], comp_logits[w]) for w in windows},
+        "max_abs_logit_diff": {str(w): (eager_logits[w] - comp_logits[w]).abs().max().item() for w in windows},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

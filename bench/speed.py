@@ -1,0 +1,170 @@
+"""`d2f bench speed`: one run measures the GEMV floor, our forward per window size, single-stream
+decode as AR and at each D2F preset, and llama.cpp on the same GGUF when llama-cpp-python is importable.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from d2f.engine import decoding
+from d2f.engine.config import EngineConfig
+from d2f.engine.engine import Engine
+from d2f.engine.models.linear import onednn_supported
+from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.runner import Work
+
+PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return round(1000 * statistics.median(times), 3)
+
+
+def gemv_floor_ms(engine: Engine, repeat: int = 7) -> float:
+    """A one-row input through every weight matrix once, with the kernels the engine uses."""
+    model = engine.model
+    h = model.spec.hidden_size
+    x = torch.randn(1, h, dtype=model.dtype, device=model.device)
+    x_mlp = torch.randn(1, model.spec.intermediate_size, dtype=model.dtype, device=model.device)
+    x_attn = torch.randn(1, model.spec.num_heads * model.spec.head_dim, dtype=model.dtype, device=model.device)
+
+    def run():
+        for layer in model.layers:
+            layer["qkv"](x)
+            layer["o"](x_attn)
+            layer["gate_up"](x)
+            layer["down"](x_mlp)
+        model.lm_head(x)
+    return median_ms(run, repeat)
+
+
+def cached_windows(engine: Engine, cache_len: int, windows: list[int]):
+    """Yields (size, Work): a window of that many masks over a cache_len-token prefix already in the KV cache."""
+    spec = engine.spec
+    mask_id = spec.mask_token_id if spec.is_d2f else 0
+    engine.add_request("fwd", list(range(10, 10 + cache_len)), DecodeParams(max_tokens=max(windows),
+                                                                            block_size=1, ignore_eos=True))
+    seq = engine.requests["fwd"]
+    try:
+        while seq.cached_len < cache_len:  # prefill the prefix through the real scheduler
+            engine.step()
+        for w in windows:
+            del seq.tokens[cache_len:], seq.is_masked[cache_len:]
+            seq.tokens.extend([mask_id] * w)
+            seq.is_masked.extend([True] * w)
+            engine.pool.grow(seq.pages, cache_len + w)
+            yield w, Work(seq, cache_len, cache_len + w, cache_len, list(range(cache_len, cache_len + w)))
+    finally:
+        engine.abort("fwd")
+
+
+def forward_ms(engine: Engine, cache_len: int, windows: list[int], repeat: int = 5) -> dict[str, float]:
+    """Our forward (model + logits for every window position) over a window with a cached prefix."""
+    return {str(w): median_ms(lambda: engine.runner.run([work]), repeat)
+            for w, work in cached_windows(engine, cache_len, windows)}
+
+
+def decode_tok_s(engine: Engine, prompt: list[int], params: DecodeParams, runs: int = 2) -> dict:
+    best = None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = engine.generate([prompt], params)[0]
+        dt = time.perf_counter() - t
+        rate = len(out.token_ids) / dt
+        if best is None or rate > best["tok_s"]:
+            best = {"tok_s": round(rate, 2), "tokens": len(out.token_ids), "forwards": out.num_forwards,
+                    "tokens_per_forward": round(len(out.token_ids) / max(out.num_forwards, 1), 3)}
+    return best
+
+
+def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=gguf, n_threads=threads, n_ctx=2048, verbose=False)
+    best = None
+    for _ in range(2):
+        llm.reset()
+        n, t0, t_first = 0, time.perf_counter(), None
+        for tok in llm.generate(prompt_ids, temp=0.0, top_k=1):
+            if t_first is None:
+                t_first = time.perf_counter()
+            n += 1
+            if tok == llm.token_eos() or n >= max_tokens:
+                break
+        total = time.perf_counter() - t0
+        rate = {"tok_s": round(n / total, 2), "decode_tok_s": round((n - 1) / (total - (t_first - t0)), 2),
+                "tokens": n}
+        if best is None or rate["tok_s"] > best["tok_s"]:
+            best = rate
+    return best
+
+
+def run(args) -> dict:
+    from d2f.engine.models.registry import AR_DEFAULT, D2F_DEFAULT, resolve_model
+    from d2f.engine.tokenizer import load_tokenizer
+
+    model_dir = resolve_model(args.model)
+    engine = Engine(EngineConfig(model=model_dir, dtype=args.dtype, kv_cache_memory=1 << 30))
+    tok = load_tokenizer(model_dir)
+    if tok is not None and tok.chat_template:
+        prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+    else:
+        prompt = tok.encode(PROMPT) if tok is not None else list(range(10, 52))
+    prompt = list(prompt)
+    threads = torch.get_num_threads()
+    result = {"benchmark": "speed", "model": model_dir, "device": args.device if hasattr(args, "device") else "cpu",
+              "dtype": str(engine.model.dtype).removeprefix("torch."), "threads": threads,
+              "prompt_tokens": len(prompt), "max_tokens": args.max_tokens,
+              # bf16 is only fast where oneDNN runs it natively (AVX512-BF16/AMX); elsewhere it is emulated
+              "native_bf16": onednn_supported(torch.bfloat16, "cpu")}
+    result["gemv_floor_ms"] = gemv_floor_ms(engine)
+    result["fwd_ms"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+    if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
+        adapter, engine.model.adapter = engine.model.adapter, None
+        result["fwd_ms_without_adapter"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+        engine.model.adapter = adapter
+    ar = DecodeParams(max_tokens=args.max_tokens, block_size=1)
+    result["ar_tok_s"] = decode_tok_s(engine, prompt, ar)
+    if engine.spec.is_d2f:
+        result["d2f_tok_s"] = {}
+        for name, speed in SPEED_PRESETS.items():
+            conf, act = speed_to_taus(speed)
+            p = DecodeParams(max_tokens=args.max_tokens, tau_conf=conf, tau_act=act)
+            result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
+    else:
+        result["d2f_tok_s"] = None
+    gguf = args.gguf
+    if gguf is None and args.model in (None, AR_DEFAULT, D2F_DEFAULT):  # the embedded model: its own GGUF
+        from d2f.engine.models.default_model import gguf_path
+
+        gguf = str(gguf_path())
+    result["llama_cpp_tok_s"] = llama_cpp_tok_s(gguf, prompt, args.max_tokens, threads) if gguf else None
+    fwd = result["fwd_ms"]
+    result["ratios"] = {
+        "fwd1_over_floor": round(fwd["1"] / result["gemv_floor_ms"], 2),
+        "fwd16_over_fwd1": round(fwd["16"] / fwd["1"], 2),
+    }
+    lc = result["llama_cpp_tok_s"]
+    if lc:
+        result["ratios"]["ar_over_llama_cpp"] = round(result["ar_tok_s"]["tok_s"] / lc["tok_s"], 2)
+        if result["d2f_tok_s"]:
+            bal = result["d2f_tok_s"]["balanced"]["tok_s"]
+            result["ratios"]["d2f_balanced_over_llama_cpp"] = round(bal / lc["tok_s"], 2)
+    return result
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as AR / as D2F (default: the embedded default)")
+    p.add_argument("--gguf", help="GGUF of the same model for the llama.cpp comparison")
+    p.add_argument("--cache-len", type=int, default=300)

@@ -1,0 +1,76 @@
+"""`d2f eval --json` on a tiny refurbished model reports every field with sane values."""
+import json
+import math
+
+import pytest
+
+from d2f.refurbish.cli import main
+from d2f.refurbish.eval import parse_knobs
+from d2f.refurbish.metrics import agreement, distinct2
+from d2f.refurbish.trainer import Refurbisher
+from tests.refurbish.conftest import config
+
+FIELDS = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
+
+
+@pytest.fixture(scope="module")
+def refurbished(tiny):  # noqa: F811
+    out = tiny["root"] / "eval-model"
+    Refurbisher(config(tiny, "llama", out, steps=2)).run()
+    prompts = tiny["root"] / "heldout.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_ids": p}) + "\n" for p in ([5, 6, 7], [8, 9], [40, 41, 42, 43])))
+    return out, prompts
+
+
+def test_eval_json_reports_speed_and_quality_per_setting(refurbished, tmp_path, capsys):
+    out, prompts = refurbished
+    plot = tmp_path / "curve.png"
+    args = ["eval", "--model", str(out), "--prompts", str(prompts), "--knobs", "0.9,fast,0.8/0.95/8",
+            "--max-tokens", "12", "--json", "--kv-cache-mb", "8", "--single-stream", "2"]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(plot)]
+    except ImportError:
+        plot = None
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference_model"].endswith("llama")  # found from the checkpoint's record of its teacher
+    assert report["num_prompts"] == 3
+    ar = report["ar"]
+    assert ar["knobs"] == {"block_size": 1} and ar["agreement"] == 1.0
+    assert 0 < ar["tokens_per_forward"] <= 1.0  # AR commits at most one token per forward
+    assert [s["knobs"]["block_size"] for s in report["settings"]] == [4, 4, 8]
+    assert report["settings"][1]["knobs"]["tau_conf"] == pytest.approx(0.85)
+    for row in [ar] + report["settings"]:
+        for field in FIELDS:
+            assert row[field] is not None, field
+        assert row["tokens"] > 0 and row["tokens_per_second"] > 0 and row["tokens_per_forward"] > 0
+        assert math.isfinite(row["reference_nll"]) and row["reference_nll"] > 0
+        assert 0 <= row["distinct2"] <= 1 and 0 <= row["eos_rate"] <= 1 and 0 <= row["agreement"] <= 1
+        assert row["tokens"] <= 3 * 12
+        assert row["single_stream_tokens_per_second"] > 0
+    assert all(s["single_stream_speedup_vs_ar"] > 0 for s in report["settings"])
+    if plot is not None:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_needs_a_reference_it_can_run_as_ar(tiny, capsys):  # noqa: F811
+    prompts = tiny["root"] / "p.jsonl"
+    prompts.write_text('{"prompt_ids": [5, 6]}\n')
+    assert main(["eval", "--model", str(tiny["dream"]), "--prompts", str(prompts)]) == 2
+    assert "--reference-model is needed" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny["dream"]), "--prompts", str(prompts), "--reference-model",
+                 str(tiny["llada"]), "--kv-cache-mb", "4"]) == 2
+    assert "shifted-logit" in capsys.readouterr().err
+
+
+def test_knob_and_metric_definitions():
+    assert parse_knobs("0.9, quality,0.8/0.95/32") == [
+        {"tau_conf": 0.9, "tau_act": 0.9}, {"tau_conf": 0.95, "tau_act": 0.95},
+        {"tau_conf": 0.8, "tau_act": 0.95, "block_size": 32}]
+    with pytest.raises(ValueError):
+        parse_knobs("fastest")
+    assert distinct2([[1, 2, 1, 2, 1]]) == 0.5  # bigrams 12 21 12 21: two distinct of four
+    assert distinct2([[1], []]) is None
+    assert agreement([[1, 2, 3], [4]], [[1, 9, 3, 5], [4]]) == (pytest.approx((2 / 4 + 1) / 2), 0.5)
