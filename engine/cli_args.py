@@ -16,7 +16,7 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 class Flag(NamedTuple):
     flag: str      # without the leading dashes
     dest: str      # the dataclass field
-    kind: type    # str, int, float, bool or list (comma-separated strings)
+    kind: type     # str, int, float, bool, or list (given comma-separated)
     default: object
     help: str
 
