@@ -1,16 +1,17 @@
 """`d2f bench engine|batch`: engine benchmarks on SmolLM2-135M shapes; they print JSON, never assert speed."""
 from __future__ import annotations
 
-import statistics
-import time
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from d2f.engine.cli_args import add_dataclass_arguments, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 from d2f.engine.models.decoder import Decoder
 from d2f.engine.models.spec import ModelSpec
 from d2f.engine.params import DecodeParams
+from d2f.engine.timing import stepped
 
 
 def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tuple[ModelSpec, Decoder]:
@@ -33,13 +34,35 @@ def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tu
     return spec, Decoder(spec, {k: v.to(dtype) for k, v in w.items()})
 
 
-def _dtype(args) -> torch.dtype:
-    return EngineConfig(model="-", dtype=args.dtype).torch_dtype
+@dataclass
+class ShapesBench:
+    """`d2f bench engine`: one sequence on random weights with SmolLM2-135M's shapes."""
+    engine: EngineConfig
+    prompt_len: int = field(default=42, metadata={"help": "prompt tokens"})
+    max_tokens: int = field(default=64, metadata={"help": "tokens generated per request"})
+    block_size: int = field(default=8, metadata={"help": "D2F block size"})
 
 
-def _engine(model, dtype: str, **kw) -> Engine:
-    return Engine(EngineConfig(model="<random smollm2 shapes>", dtype=dtype, kv_cache_memory=1 << 30, **kw),
-                  model=model)
+@dataclass
+class BatchBench(ShapesBench):
+    """`d2f bench batch`: the same model at several concurrencies."""
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64],
+                                   metadata={"help": "concurrent requests of each round"})
+
+
+def add_arguments(p, cls) -> None:
+    add_dataclass_arguments(p, EngineConfig, include=("dtype",))
+    add_dataclass_arguments(p, cls)
+
+
+def config(args, cls):
+    engine = from_args(EngineConfig, args, model="<random smollm2 shapes>", kv_cache_memory=1 << 30)
+    return from_args(cls, args, engine=engine)
+
+
+def _engine(cfg: ShapesBench, **kw) -> Engine:
+    spec, model = smollm2_shaped(dtype=cfg.engine.torch_dtype)
+    return Engine(replace(cfg.engine, **kw), model=(spec, model))
 
 
 def _prompt(n: int, seed: int = 0) -> list[int]:
@@ -47,63 +70,37 @@ def _prompt(n: int, seed: int = 0) -> list[int]:
     return torch.randint(100, 49000, (n,), generator=g).tolist()
 
 
-def _timed_run(engine: Engine, prompts: list[list[int]], params: DecodeParams) -> dict:
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"b{i}", prompt, params)
-    fwd = total = 0.0
-    steps = 0
-    latency, tokens, forwards = {}, 0, []
-    t0 = time.perf_counter()
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                latency[out.request_id] = time.perf_counter() - t0
-                tokens += len(out.token_ids)
-                forwards.append(out.num_forwards)
-        fwd += engine.stats.forward_seconds
-        total += engine.stats.step_seconds
-        steps += 1
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
-            "forwards_per_token": round(sum(forwards) / max(tokens, 1), 3), "steps": steps,
-            "forward_share": round(fwd / total, 3), "non_forward_share": round(1 - fwd / total, 3),
-            "ms_per_step": round(1000 * total / steps, 2),
-            "latency_p50_s": round(statistics.median(latency.values()), 3),
-            "latency_max_s": round(max(latency.values()), 3)}
+def _header(name: str, cfg: ShapesBench) -> dict:
+    return {"benchmark": name, "device": "cpu", "dtype": str(cfg.engine.torch_dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "model": "SmolLM2-135M shapes, random weights"}
 
 
-def bench_engine(args) -> dict:
+def bench_engine(cfg: ShapesBench) -> dict:
     """Single sequence: D2F at three tau_conf points and block size 1 (AR)."""
-    spec, model = smollm2_shaped(dtype=_dtype(args))
-    engine = _engine((spec, model), args.dtype)
-    prompt = _prompt(args.prompt_len)
+    engine = _engine(cfg)
+    prompt = _prompt(cfg.prompt_len)
     engine.generate([prompt], DecodeParams(max_tokens=16, block_size=8, ignore_eos=True))  # warm-up
-    settings = {"ar_block1": DecodeParams(max_tokens=args.max_tokens, block_size=1, ignore_eos=True)}
-    block = args.block_size or 8
+    settings = {"ar_block1": DecodeParams(max_tokens=cfg.max_tokens, block_size=1, ignore_eos=True)}
     for tau in (0.95, 0.9, 0.7):
-        settings[f"d2f_b{block}_tau{tau}"] = DecodeParams(
-            max_tokens=args.max_tokens, block_size=block, tau_conf=tau, tau_act=tau, ignore_eos=True)
-    results = {name: _timed_run(engine, [prompt], p) for name, p in settings.items()}
-    return {"benchmark": "engine", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "model": "SmolLM2-135M shapes, random weights", "prompt_tokens": args.prompt_len,
-            "max_tokens": args.max_tokens, "results": results}
+        settings[f"d2f_b{cfg.block_size}_tau{tau}"] = DecodeParams(
+            max_tokens=cfg.max_tokens, block_size=cfg.block_size, tau_conf=tau, tau_act=tau, ignore_eos=True)
+    results = {name: stepped(engine, [prompt], p) for name, p in settings.items()}
+    return _header("engine", cfg) | {"prompt_tokens": cfg.prompt_len, "max_tokens": cfg.max_tokens,
+                                     "results": results}
 
 
-def bench_batch(args) -> dict:
+def bench_batch(cfg: BatchBench) -> dict:
     """Aggregate throughput and per-request latency at several concurrencies, same knobs for all."""
-    spec, model = smollm2_shaped(dtype=_dtype(args))
-    engine = _engine((spec, model), args.dtype, max_num_seqs=128, max_num_batched_tokens=8192)
-    block = args.block_size or 8
-    params = DecodeParams(max_tokens=args.max_tokens, block_size=block, ignore_eos=True)
-    engine.generate([_prompt(args.prompt_len)], DecodeParams(max_tokens=8, block_size=block,
-                                                             ignore_eos=True))
+    engine = _engine(cfg, max_num_seqs=128, max_num_batched_tokens=8192)
+    params = DecodeParams(max_tokens=cfg.max_tokens, block_size=cfg.block_size, ignore_eos=True)
+    engine.generate([_prompt(cfg.prompt_len)], DecodeParams(max_tokens=8, block_size=cfg.block_size,
+                                                            ignore_eos=True))
     results = {}
-    for conc in args.concurrency:
-        prompts = [_prompt(args.prompt_len, seed=i) for i in range(conc)]
-        results[str(conc)] = _timed_run(engine, prompts, params)
-    base = results[str(args.concurrency[0])]["tokens_per_s"]
+    for conc in cfg.concurrency:
+        prompts = [_prompt(cfg.prompt_len, seed=i) for i in range(conc)]
+        results[str(conc)] = stepped(engine, prompts, params)
+    base = results[str(cfg.concurrency[0])]["tokens_per_s"]
     for r in results.values():
         r["speedup_vs_first"] = round(r["tokens_per_s"] / base, 2)
-    return {"benchmark": "batch", "device": "cpu", "dtype": str(_dtype(args)).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "model": "SmolLM2-135M shapes, random weights", "block_size": block,
-            "prompt_tokens": args.prompt_len, "max_tokens": args.max_tokens, "results": results}
+    return _header("batch", cfg) | {"block_size": cfg.block_size, "prompt_tokens": cfg.prompt_len,
+                                    "max_tokens": cfg.max_tokens, "results": results}

@@ -1,32 +1,39 @@
-"""`d2f bench engine|batch|speed|serving`: arguments and dispatch; each benchmark prints one JSON object."""
+"""`d2f bench engine|batch|speed|serving`: each benchmark has its own flags (generated from its config
+dataclass) and prints one JSON object."""
 from __future__ import annotations
 
 import json
+import sys
 
-from . import batch, speed
+from . import batch, serving, speed
+
+BENCHES = {
+    "engine": ("one sequence on random weights with SmolLM2-135M's shapes: tokens/s, forwards/token",
+               lambda p: batch.add_arguments(p, batch.ShapesBench),
+               lambda a: batch.bench_engine(batch.config(a, batch.ShapesBench))),
+    "batch": ("the same model at several concurrencies: aggregate tokens/s and latency",
+              lambda p: batch.add_arguments(p, batch.BatchBench),
+              lambda a: batch.bench_batch(batch.config(a, batch.BatchBench))),
+    "speed": ("a real model against the GEMV floor and llama.cpp", speed.add_arguments,
+              lambda a: speed.run(speed.config(a))),
+    "serving": ("streamed tokens/s over HTTP against the in-process engine", serving.add_arguments,
+                lambda a: serving.run(serving.config(a))),
+}
 
 
 def add_arguments(p) -> None:
-    p.add_argument("what", choices=["engine", "batch", "speed", "serving"],
-                   help="engine: one sequence, random weights; batch: concurrency sweep; speed: a real model "
-                        "against the GEMV floor and llama.cpp")
-    p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--prompt-len", type=int, default=42)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--block-size", type=int, default=None, help="engine/batch: 8; speed/serving: the model's")
-    speed.add_arguments(p)
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
+    sub = p.add_subparsers(dest="what", required=True, metavar="{" + ",".join(BENCHES) + "}")
+    for name, (help_text, add, _) in BENCHES.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
 
 
 def run(args) -> int:
-    if args.what == "serving":
-        from . import serving
+    from d2f.engine.models.families import CheckpointError
 
-        if args.concurrency == [1, 4, 16, 64]:
-            args.concurrency = [1, 8, 32]
-        result = serving.run(args)
-    else:
-        result = {"engine": batch.bench_engine, "batch": batch.bench_batch, "speed": speed.run}[args.what](args)
+    try:
+        result = BENCHES[args.what][2](args)
+    except (CheckpointError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"d2f bench {args.what}: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     return 0

@@ -4,38 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
+from dataclasses import dataclass, field
 
 import httpx
+
+from d2f.engine.cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config, from_args
+from d2f.engine.config import EngineConfig
+from d2f.engine.engine import Engine
+from d2f.engine.params import DecodeParams
+from d2f.engine.timing import fastest_generate
+
+from .live import LiveServer
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass
+class ServingConfig:
+    engine: EngineConfig
+    max_tokens: int = field(default=64, metadata={"help": "tokens generated per request"})
+    block_size: int | None = field(default=None, metadata={"help": "D2F block size (default: the model's)"})
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32],
+                                   metadata={"help": "concurrent streams of each round"})
 
 
-def in_process(model_dir: str, dtype: str, prompt_ids: list[int], max_tokens: int, knobs: dict) -> dict:
-    from d2f.engine.config import EngineConfig
-    from d2f.engine.engine import Engine
-    from d2f.engine.params import DecodeParams
+def add_arguments(p) -> None:
+    add_dataclass_arguments(p, EngineConfig, include=MODEL_FIELDS)
+    add_dataclass_arguments(p, ServingConfig)
 
-    engine = Engine(EngineConfig(model=model_dir, dtype=dtype))
+
+def config(args) -> ServingConfig:
+    return from_args(ServingConfig, args, engine=engine_config(args))
+
+
+def in_process(config: EngineConfig, prompt_ids: list[int], max_tokens: int, knobs: dict) -> dict:
+    engine = Engine(config)
     params = DecodeParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **knobs)
     engine.generate([prompt_ids], DecodeParams(max_tokens=4, ignore_eos=True))  # warm-up
-    best = 0.0
-    for _ in range(2):
-        t = time.perf_counter()
-        out = engine.generate([prompt_ids], params)[0]
-        best = max(best, len(out.token_ids) / (time.perf_counter() - t))
-    return {"tok_s": round(best, 2)}
+    return {"tok_s": round(fastest_generate(engine, [prompt_ids], params, runs=2).tokens_per_second, 2)}
+
+
+def serve_args(config: EngineConfig) -> list[str]:
+    """`d2f serve` flags for the engine the in-process run uses."""
+    args = ["--model", config.model, "--dtype", config.dtype, "--device", config.device]
+    return args + (["--lora", config.lora] if config.lora else [])
 
 
 async def _one(client: httpx.AsyncClient, body: dict) -> dict:
@@ -66,36 +80,24 @@ async def _round(url: str, body: dict, concurrency: int) -> dict:
             "ttfb_max_s": round(max(r["ttfb"] for r in results), 3)}
 
 
-def run(args) -> dict:
-    from d2f.engine.models.registry import resolve_model
+def run(cfg: ServingConfig) -> dict:
     from d2f.engine.tokenizer import load_tokenizer
 
-    model_dir = resolve_model(args.model)
+    model_dir = cfg.engine.model
     tok = load_tokenizer(model_dir)
+    if tok is None:
+        raise ValueError(f"{model_dir}: no tokenizer files; the HTTP API needs one")
     prompt_ids = list(tok.encode(PROMPT))
-    knobs = {"block_size": args.block_size} if args.block_size else {}
-    result = {"benchmark": "serving", "model": model_dir, "dtype": args.dtype, "max_tokens": args.max_tokens,
+    knobs = {"block_size": cfg.block_size} if cfg.block_size else {}
+    result = {"benchmark": "serving", "model": model_dir, "dtype": cfg.engine.dtype, "max_tokens": cfg.max_tokens,
               "prompt_tokens": len(prompt_ids), "knobs": knobs,
-              "in_process": in_process(model_dir, args.dtype, prompt_ids, args.max_tokens, knobs)}
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "d2f", "serve", "--model", model_dir, "--port", str(port),
-                             "--dtype", args.dtype, "--log-level", "warning"], env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        body = {"prompt": prompt_ids, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
-                "ignore_eos": True, "stream_options": {"include_usage": True}, **knobs}
-        asyncio.run(_round(url, body | {"max_tokens": 4}, 1))  # warm-up
-        rounds = [asyncio.run(_round(url, body, c)) for c in args.concurrency]
-    finally:
-        proc.terminate()
-        proc.wait(60)
+              "in_process": in_process(cfg.engine, prompt_ids, cfg.max_tokens, knobs)}
+    body = {"prompt": prompt_ids, "max_tokens": cfg.max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}, **knobs}
+    with LiveServer(*serve_args(cfg.engine), capture=False) as server:
+        asyncio.run(_round(server.url, body | {"max_tokens": 4}, 1))  # warm-up
+        rounds = [asyncio.run(_round(server.url, body, c)) for c in cfg.concurrency]
+        server.drain()
     result["http"] = rounds
     one = next((r for r in rounds if r["concurrency"] == 1), None)
     if one:

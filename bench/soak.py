@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from urllib.parse import urlparse
 
 import httpx
+
+from .live import LiveServer
 
 KNOBS = [{}, {"speed": "fast"}, {"speed": "quality"}, {"speed": 0.3}, {"tau_conf": 0.5}]
 PROMPTS = ["Tell me about the sea.", "List three fruits:", "Once upon a time", "def add(a, b):",
@@ -162,27 +161,6 @@ async def soak(url: str, seconds: float, concurrency: int, max_tokens: int, pid:
             "rss_growth_mb": None if rss_start is None else round((_rss_mb(pid) or 0) - rss_start, 1)}
 
 
-def _start_server(model: str | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "d2f", "serve", "--port", str(port), "--log-level", "warning",
-           "--dtype", "fp32", *(["--model", model] if model else []), *extra]
-    proc = subprocess.Popen(cmd, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("server exited during start-up")
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become ready")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", help="a running server (loopback); default: start one")
@@ -193,19 +171,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    proc = None
-    url, pid = args.url, args.pid
-    if url is None:
-        proc, url = _start_server(args.model, ["--max-queue", str(4 * args.concurrency)])
-        pid = proc.pid
-    try:
-        result = asyncio.run(soak(url, args.seconds, args.concurrency, args.max_tokens, pid, args.seed))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            result_code = proc.wait(60)
-    if proc is not None:
-        result["server_exit_code"] = result_code
+    if args.pid is not None and args.url is None:
+        p.error("--pid names the process of --url; a server this script starts is measured by itself")
+    if args.url is not None:
+        result = asyncio.run(soak(args.url, args.seconds, args.concurrency, args.max_tokens, args.pid, args.seed))
+    else:
+        try:
+            server = LiveServer("--dtype", "fp32", *(["--model", args.model] if args.model else []),
+                                "--max-queue", str(4 * args.concurrency), ready_timeout=180, capture=False)
+        except RuntimeError as exc:
+            raise SystemExit(f"soak: {exc}") from None
+        with server:
+            result = asyncio.run(soak(server.url, args.seconds, args.concurrency, args.max_tokens, server.pid,
+                                      args.seed))
+            result["server_exit_code"] = server.drain()
     print(json.dumps(result, indent=1))
     return 0 if result["mismatches"] == 0 and result["lost"] == 0 and result["errors"] == 0 else 1
 

@@ -3,29 +3,46 @@ decode as AR and at each D2F preset, and llama.cpp on the same GGUF when llama-c
 """
 from __future__ import annotations
 
-import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 
-from d2f.engine import decoding
+from d2f.engine.cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 from d2f.engine.models.linear import onednn_supported
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 from d2f.engine.runner import Work
+from d2f.engine.timing import fastest_generate, median_ms
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return round(1000 * statistics.median(times), 3)
+@dataclass
+class SpeedConfig:
+    engine: EngineConfig
+    max_tokens: int = field(default=64, metadata={"help": "tokens generated per decode"})
+    cache_len: int = field(default=300, metadata={"help": "cached prefix tokens under the timed forwards"})
+    gguf: str | None = field(default=None, metadata={
+        "help": "GGUF of the same model for the llama.cpp comparison (default: the embedded model's own "
+                "for smollm2 / smollm2-d2f)"})
+
+
+def add_arguments(p) -> None:
+    add_dataclass_arguments(p, EngineConfig, include=MODEL_FIELDS)
+    add_dataclass_arguments(p, SpeedConfig)
+
+
+def config(args) -> SpeedConfig:
+    from d2f.engine.models.registry import AR_DEFAULT, D2F_DEFAULT
+
+    gguf = args.gguf
+    if gguf is None and args.model in (None, AR_DEFAULT, D2F_DEFAULT):  # the embedded model: its own GGUF
+        from d2f.engine.models.default_model import gguf_path
+
+        gguf = str(gguf_path())
+    return from_args(SpeedConfig, args, engine=engine_config(args, kv_cache_memory=1 << 30), gguf=gguf)
 
 
 def gemv_floor_ms(engine: Engine, repeat: int = 7) -> float:
@@ -73,16 +90,9 @@ def forward_ms(engine: Engine, cache_len: int, windows: list[int], repeat: int =
 
 
 def decode_tok_s(engine: Engine, prompt: list[int], params: DecodeParams, runs: int = 2) -> dict:
-    best = None
-    for _ in range(runs):
-        t = time.perf_counter()
-        out = engine.generate([prompt], params)[0]
-        dt = time.perf_counter() - t
-        rate = len(out.token_ids) / dt
-        if best is None or rate > best["tok_s"]:
-            best = {"tok_s": round(rate, 2), "tokens": len(out.token_ids), "forwards": out.num_forwards,
-                    "tokens_per_forward": round(len(out.token_ids) / max(out.num_forwards, 1), 3)}
-    return best
+    best = fastest_generate(engine, [prompt], params, runs)
+    return {"tok_s": round(best.tokens_per_second, 2), "tokens": best.tokens, "forwards": best.forwards,
+            "tokens_per_forward": round(best.tokens / max(best.forwards, 1), 3)}
 
 
 def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict | None:
@@ -109,12 +119,11 @@ def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: 
     return best
 
 
-def run(args) -> dict:
-    from d2f.engine.models.registry import AR_DEFAULT, D2F_DEFAULT, resolve_model
+def run(cfg: SpeedConfig) -> dict:
     from d2f.engine.tokenizer import load_tokenizer
 
-    model_dir = resolve_model(args.model)
-    engine = Engine(EngineConfig(model=model_dir, dtype=args.dtype, kv_cache_memory=1 << 30))
+    model_dir = cfg.engine.model
+    engine = Engine(cfg.engine)
     tok = load_tokenizer(model_dir)
     if tok is not None and tok.chat_template:
         prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
@@ -123,33 +132,28 @@ def run(args) -> dict:
         prompt = tok.encode(PROMPT) if tok is not None else list(range(10, 52))
     prompt = list(prompt)
     threads = torch.get_num_threads()
-    result = {"benchmark": "speed", "model": model_dir, "device": args.device if hasattr(args, "device") else "cpu",
+    result = {"benchmark": "speed", "model": model_dir, "device": cfg.engine.device,
               "dtype": str(engine.model.dtype).removeprefix("torch."), "threads": threads,
-              "prompt_tokens": len(prompt), "max_tokens": args.max_tokens,
+              "prompt_tokens": len(prompt), "max_tokens": cfg.max_tokens,
               # bf16 is only fast where oneDNN runs it natively (AVX512-BF16/AMX); elsewhere it is emulated
               "native_bf16": onednn_supported(torch.bfloat16, "cpu")}
     result["gemv_floor_ms"] = gemv_floor_ms(engine)
-    result["fwd_ms"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+    result["fwd_ms"] = forward_ms(engine, cfg.cache_len, [1, 4, 8, 16, 32])
     if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
         adapter, engine.model.adapter = engine.model.adapter, None
-        result["fwd_ms_without_adapter"] = forward_ms(engine, args.cache_len, [1, 4, 8, 16, 32])
+        result["fwd_ms_without_adapter"] = forward_ms(engine, cfg.cache_len, [1, 4, 8, 16, 32])
         engine.model.adapter = adapter
-    ar = DecodeParams(max_tokens=args.max_tokens, block_size=1)
+    ar = DecodeParams(max_tokens=cfg.max_tokens, block_size=1)
     result["ar_tok_s"] = decode_tok_s(engine, prompt, ar)
     if engine.spec.is_d2f:
         result["d2f_tok_s"] = {}
         for name, speed in SPEED_PRESETS.items():
             conf, act = speed_to_taus(speed)
-            p = DecodeParams(max_tokens=args.max_tokens, tau_conf=conf, tau_act=act)
+            p = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act)
             result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
     else:
         result["d2f_tok_s"] = None
-    gguf = args.gguf
-    if gguf is None and args.model in (None, AR_DEFAULT, D2F_DEFAULT):  # the embedded model: its own GGUF
-        from d2f.engine.models.default_model import gguf_path
-
-        gguf = str(gguf_path())
-    result["llama_cpp_tok_s"] = llama_cpp_tok_s(gguf, prompt, args.max_tokens, threads) if gguf else None
+    result["llama_cpp_tok_s"] = llama_cpp_tok_s(cfg.gguf, prompt, cfg.max_tokens, threads) if cfg.gguf else None
     fwd = result["fwd_ms"]
     result["ratios"] = {
         "fwd1_over_floor": round(fwd["1"] / result["gemv_floor_ms"], 2),
@@ -163,8 +167,3 @@ def run(args) -> dict:
             result["ratios"]["d2f_balanced_over_llama_cpp"] = round(bal / lc["tok_s"], 2)
     return result
 
-
-def add_arguments(p) -> None:
-    p.add_argument("--model", help="checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as AR / as D2F (default: the embedded default)")
-    p.add_argument("--gguf", help="GGUF of the same model for the llama.cpp comparison")
-    p.add_argument("--cache-len", type=int, default=300)

@@ -4,20 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint directory, or smollm2 / smollm2-d2f for the embedded model "
-                                   "as AR / as D2F (default: the embedded default model)")
-    p.add_argument("--lora", help="PEFT LoRA adapter directory, merged at load")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32")
-    p.add_argument("--device", default="cpu")
+from .cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config
+from .config import EngineConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    _add_model_args(p)
+    add_dataclass_arguments(p, EngineConfig, include=MODEL_FIELDS)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the checkpoint)")
     src.add_argument("--prompt-ids", help="comma-separated prompt token ids")
@@ -40,16 +33,16 @@ def _fail(msg: str) -> int:
 
 
 def run(args) -> int:
-    from .config import EngineConfig
     from .engine import Engine
     from .models.families import CheckpointError
     from .params import DecodeParams
-    from .models.registry import resolve_model
+    from .timing import timed_generate
     from .tokenizer import load_tokenizer
 
     try:
-        model_dir = resolve_model(args.model)
-        engine = Engine(EngineConfig(model=model_dir, lora=args.lora, dtype=args.dtype, device=args.device))
+        config = engine_config(args)
+        model_dir = config.model
+        engine = Engine(config)
         tok = load_tokenizer(model_dir)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
@@ -68,12 +61,11 @@ def run(args) -> int:
     params = DecodeParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed, block_size=args.block_size, tau_add=args.tau_add,
                           tau_act=args.tau_act, tau_conf=args.tau_conf)
-    t0 = time.perf_counter()
     try:
-        out = engine.generate([list(prompt)], params)[0]
+        timed = timed_generate(engine, [list(prompt)], params)
     except ValueError as exc:
         return _fail(str(exc))
-    seconds = time.perf_counter() - t0
+    out, seconds = timed.outputs[0], timed.seconds
     text = tok.decode(out.token_ids, skip_special_tokens=True) if tok is not None else None
     if args.json:
         print(json.dumps({"token_ids": out.token_ids, "text": text, "finish_reason": out.finish_reason,

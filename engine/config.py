@@ -1,7 +1,7 @@
 """EngineConfig: built once, validated here, handed to every engine part."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,18 +11,24 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str
-    lora: str | None = None
-    dtype: str = "auto"
-    device: str = "cpu"
+    model: str = field(metadata={"help": "checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as "
+                                         "AR / as D2F (default: the embedded default)"})
+    lora: str | None = field(default=None, metadata={"help": "PEFT LoRA adapter directory, merged at load"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32",
+        "choices": ("auto", *DTYPES), "metavar": "{auto,fp32,bf16,fp16}"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
     # KV pool: an explicit byte budget wins; otherwise a fraction of free GPU memory, or 1 GiB on CPU.
-    kv_cache_memory: int | None = None
-    gpu_memory_fraction: float = 0.5
-    page_size: int = 16
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None  # default: the model's max positions
-    seed: int = 0  # for requests that bring no seed
+    kv_cache_memory: int | None = field(default=None, metadata={
+        "help": "KV cache budget in bytes (default 1 GiB on CPU, half the free GPU memory)"})
+    gpu_memory_fraction: float = field(default=0.5, metadata={
+        "help": "share of the GPU memory free after loading that the KV cache takes"})
+    page_size: int = field(default=16, metadata={"help": "tokens per KV cache page"})
+    max_num_seqs: int = field(default=64, metadata={"help": "sequences decoded together"})
+    max_num_batched_tokens: int = field(default=2048, metadata={
+        "help": "tokens per forward (long causal prompts are chunked to this)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "context limit (default: the model's)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed of requests that bring none"})
 
     def __post_init__(self):
         if self.dtype != "auto" and self.dtype not in DTYPES:

@@ -1,8 +1,14 @@
-"""`d2f refurbish [data]` and `d2f eval`: argument wiring only; the work lives in trainer, selfdistill, eval."""
+"""`d2f refurbish [data]` and `d2f eval`: argument wiring only; the work lives in trainer, arpreserve,
+selfdistill and eval. Every flag a mode does not use is refused, never silently ignored."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+from d2f.engine.cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config, from_args
+from d2f.engine.config import EngineConfig
+
+from .eval import EvalConfig
 
 
 def _ratio_pair(text: str) -> tuple[float, float]:
@@ -13,118 +19,197 @@ def _ratio_pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+class _Flags:
+    """add_argument that leaves a flag out of the namespace unless it is given, keeping its default here:
+    run() tells given flags from defaults and refuses those the chosen mode does not use."""
+
+    def __init__(self, parser):
+        self.parser, self.defaults = parser, {}
+
+    def __call__(self, *names, default=None, group=None, **kw):
+        action = (group or self.parser).add_argument(*names, default=argparse.SUPPRESS, **kw)
+        self.defaults[action.dest] = False if kw.get("action") == "store_true" else default
+
+
+def _train_flags(add: _Flags) -> None:
+    add("--teacher", help="checkpoint to refurbish: LLaDA/Dream (distillation) or Llama/Qwen2 (AR)")
+    add("--student-init", help="start the student from this checkpoint instead of the teacher")
+    add("--out", help="output directory (the engine loads it as it is)")
+    add("--data", help="comma-separated *.jsonl (prompt/answer or prompt_ids/answer_ids) and text "
+                       "files or directories of *.txt")
+    add("--block-size", type=int, default=16)
+    add("--mask-ratio", type=_ratio_pair, default=(0.2, 0.7), metavar="LO,HI")
+    mode = add.parser.add_mutually_exclusive_group()
+    add("--lora-rank", type=int, default=32, metavar="R", group=mode)
+    add("--full", action="store_true", help="train every weight instead of a LoRA adapter", group=mode)
+    add("--lora-alpha", type=float, help="default: the rank")
+    add("--lora-dropout", type=float, default=0.1)
+    add("--steps", type=int, help="default: 100 unless --minutes is given")
+    add("--minutes", type=float)
+    add("--lr", type=float, help="default 1e-5 LLaDA, 5e-6 Dream, 1e-4 AR LoRA, 1e-5 AR --full, "
+                                 "1e-3 --ar-preserving")
+    add("--seed", type=int, default=0)
+    add("--init-from", metavar="DIR", help="continue from a refurbish output directory")
+    add("--fresh-optimizer", action="store_true", help="with --init-from: do not load optimizer state")
+    add("--no-optimizer-state", action="store_true", help="do not save optimizer state")
+    add("--batch-size", type=int, default=4)
+    add("--max-len", type=int, default=256, help="tokens per training sequence")
+    add("--save-every", type=int, default=100, metavar="STEPS")
+    add("--hard-weight", type=float, default=0.0,
+        help="AR teacher: mix in this weight of cross-entropy on the true tokens")
+    add("--mask-token", default="auto", help="AR teacher: auto | new | token id")
+    add("--ar-preserving", action="store_true",
+        help="AR teacher: keep the base frozen and exact, train only an adapter at mask positions "
+             "(the model decodes like the AR model at high thresholds)")
+    add("--anchors", type=int, default=24, help="--ar-preserving: mask spans per training example")
+    add("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
+    add("--save", default="auto", choices=["auto", "adapter", "merged"])
+    add("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="training dtype")
+    add("--device", default="cpu")
+
+
+def _data_flags(add: _Flags) -> None:
+    add("--teacher", help="the model that answers (required)")
+    add("--prompts", help="text file (one prompt a line) or JSONL with prompt/prompt_ids (required)")
+    add("--out", help="JSONL file to write (required)")
+    add("--max-tokens", type=int, default=128)
+    add("--temperature", type=float, default=0.0)
+    add("--top-p", type=float, default=1.0)
+    add("--seed", type=int, default=0)
+    add("--limit", type=int)
+    add("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    add("--keep-truncated", action="store_true",
+        help="keep answers cut by --max-tokens (EOS appended) instead of dropping them")
+    add("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    add("--device", default="cpu")
+    add("--kv-cache-mb", type=int, help="KV pool size (default: the engine's)")
+
+
+# What each training mode reads; any other given flag is refused. The data mode reads _data_flags (given
+# before or after 'data': the same flag names one setting).
+COMMON = {"teacher", "out", "data", "block_size", "lora_rank", "steps", "minutes", "lr", "seed", "init_from",
+          "batch_size", "max_len", "save_every", "mask_token"}
+USES = {
+    "train": COMMON | {"student_init", "mask_ratio", "full", "lora_alpha", "lora_dropout", "fresh_optimizer",
+                       "no_optimizer_state", "hard_weight", "chat", "save", "dtype", "device"},
+    "ar-preserving": COMMON | {"ar_preserving", "anchors"},
+}
+AR_ONLY = ("hard_weight", "mask_token")  # the distillation mode (LLaDA/Dream teacher) has no use for them
+
+
+def _defaults(flags) -> dict:
+    add = _Flags(argparse.ArgumentParser())
+    flags(add)
+    return add.defaults
+
+
 def add_refurbish_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", help="checkpoint to refurbish: LLaDA/Dream (distillation) or Llama/Qwen2 (AR)")
-    p.add_argument("--student-init", help="start the student from this checkpoint instead of the teacher")
-    p.add_argument("--out", help="output directory (the engine loads it as it is)")
-    p.add_argument("--data", help="comma-separated *.jsonl (prompt/answer or prompt_ids/answer_ids) and text "
-                                  "files or directories of *.txt")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--mask-ratio", type=_ratio_pair, default=(0.2, 0.7), metavar="LO,HI")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--lora-rank", type=int, default=32, metavar="R")
-    mode.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
-    p.add_argument("--lora-alpha", type=float, help="default: the rank")
-    p.add_argument("--lora-dropout", type=float, default=0.1)
-    p.add_argument("--steps", type=int, help="default: 100 unless --minutes is given")
-    p.add_argument("--minutes", type=float)
-    p.add_argument("--lr", type=float, help="default 1e-5 LLaDA, 5e-6 Dream, 1e-4 AR LoRA, 1e-5 AR --full")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", metavar="DIR", help="continue from a refurbish output directory")
-    p.add_argument("--fresh-optimizer", action="store_true", help="with --init-from: do not load optimizer state")
-    p.add_argument("--no-optimizer-state", action="store_true", help="do not save optimizer state")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-len", type=int, default=256, help="tokens per training sequence")
-    p.add_argument("--save-every", type=int, default=100, metavar="STEPS")
-    p.add_argument("--hard-weight", type=float, default=0.0,
-                   help="AR mode: mix in this weight of cross-entropy on the true tokens")
-    p.add_argument("--mask-token", default="auto", help="AR mode: auto | new | token id")
-    p.add_argument("--ar-preserving", action="store_true",
-                   help="AR teacher: keep the base frozen and exact, train only an adapter at mask positions "
-                        "(the model decodes like the AR model at high thresholds)")
-    p.add_argument("--anchors", type=int, default=24, help="--ar-preserving: mask spans per training example")
-    p.add_argument("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
-    p.add_argument("--save", default="auto", choices=["auto", "adapter", "merged"])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu")
+    _train_flags(_Flags(p))
     sub = p.add_subparsers(dest="action", metavar="data")
-    d = sub.add_parser("data", help="self-distillation: the teacher answers a prompt set through our engine")
-    d.add_argument("--teacher", required=True)
-    d.add_argument("--prompts", required=True, help="text file (one prompt a line) or JSONL with prompt/prompt_ids")
-    d.add_argument("--out", required=True, help="JSONL file to write")
-    d.add_argument("--max-tokens", type=int, default=128)
-    d.add_argument("--temperature", type=float, default=0.0)
-    d.add_argument("--top-p", type=float, default=1.0)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--limit", type=int)
-    d.add_argument("--chat", action="store_true")
-    d.add_argument("--keep-truncated", action="store_true",
-                   help="keep answers cut by --max-tokens (EOS appended) instead of dropping them")
-    d.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--kv-cache-mb", type=int, help="KV pool size (default: the engine's)")
+    _data_flags(_Flags(sub.add_parser("data", help="self-distillation: the teacher answers a prompt set "
+                                                   "through our engine")))
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="D2F checkpoint (or the base of --lora)")
-    p.add_argument("--lora", help="PEFT adapter over --model")
-    p.add_argument("--prompts", required=True, help="held-out prompts: text (one a line) or JSONL")
-    p.add_argument("--knobs", default="0.95,0.9,0.85",
-                   help="comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
-                        "or tau_conf/tau_act/block_size, e.g. 0.9/0.95/32")
-    p.add_argument("--reference-model", help="AR model for NLL, agreement and the AR point "
-                                             "(default: the teacher recorded in the D2F checkpoint)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--limit", type=int)
-    p.add_argument("--chat", action="store_true")
+    add_dataclass_arguments(p, EngineConfig, include=MODEL_FIELDS, defaults={"dtype": "fp32"}, required=("model",))
+    add_dataclass_arguments(p, EvalConfig, required=("prompts",))
+    p.add_argument("--kv-cache-mb", type=int, default=256, help="KV pool of each of the two engines")
     p.add_argument("--plot", metavar="FILE.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--kv-cache-mb", type=int, default=256, help="KV pool of each of the two engines")
-    p.add_argument("--single-stream", type=int, default=0, metavar="N",
-                   help="also time the first N prompts one at a time (single-stream tokens/s)")
 
 
-def _train_config(args):
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse(given, allowed, mode: str) -> None:
+    extra = sorted(set(given) - set(allowed), key=list(given).index)
+    if extra:
+        raise ValueError(f"{mode} does not use {', '.join(map(_flag, extra))}")
+
+
+def _require(opts: dict, names) -> None:
+    missing = [_flag(n) for n in names if not opts.get(n)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required")
+
+
+def _given(args, flags) -> dict:
+    return {k: getattr(args, k) for k in _defaults(flags) if hasattr(args, k)}
+
+
+def _train_config(opts: dict):
     from .trainer import TrainConfig
 
-    missing = [f"--{n.replace('_', '-')}" for n in ("teacher", "out", "data") if not getattr(args, n)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required")
     return TrainConfig(
-        teacher=args.teacher, out=args.out, data=args.data, student_init=args.student_init,
-        block_size=args.block_size, mask_lo=args.mask_ratio[0], mask_hi=args.mask_ratio[1],
-        lora_rank=None if args.full else args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        steps=args.steps, minutes=args.minutes, lr=args.lr, seed=args.seed, init_from=args.init_from,
-        load_optimizer=not args.fresh_optimizer, save_optimizer=not args.no_optimizer_state,
-        batch_size=args.batch_size, max_len=args.max_len, save_every=args.save_every, hard_weight=args.hard_weight,
-        mask_token=args.mask_token, chat=args.chat, save=args.save, dtype=args.dtype, device=args.device)
+        teacher=opts["teacher"], out=opts["out"], data=opts["data"], student_init=opts["student_init"],
+        block_size=opts["block_size"], mask_lo=opts["mask_ratio"][0], mask_hi=opts["mask_ratio"][1],
+        lora_rank=None if opts["full"] else opts["lora_rank"], lora_alpha=opts["lora_alpha"],
+        lora_dropout=opts["lora_dropout"], steps=opts["steps"], minutes=opts["minutes"], lr=opts["lr"],
+        seed=opts["seed"], init_from=opts["init_from"], load_optimizer=not opts["fresh_optimizer"],
+        save_optimizer=not opts["no_optimizer_state"], batch_size=opts["batch_size"], max_len=opts["max_len"],
+        save_every=opts["save_every"], hard_weight=opts["hard_weight"], mask_token=opts["mask_token"],
+        chat=opts["chat"], save=opts["save"], dtype=opts["dtype"], device=opts["device"])
 
 
-def _run_ar_preserving(args) -> int:
-    from . import arpreserve
+def _run_train(opts: dict, given: dict) -> int:
+    from d2f.engine.models.checkpoint import read_spec
 
-    missing = [f"--{n}" for n in ("teacher", "out", "data") if not getattr(args, n)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required")
-    if args.full:
-        raise ValueError("--ar-preserving trains an adapter; --full does not apply")
+    from .trainer import Refurbisher
+
+    _require(opts, ("teacher", "out", "data"))
+    if given.get("fresh_optimizer") and not opts["init_from"]:
+        raise ValueError("--fresh-optimizer goes with --init-from")
+    ar_only = [k for k in AR_ONLY if k in given]
+    if ar_only and read_spec(opts["teacher"])[0].family not in ("llama", "qwen2"):
+        raise ValueError(f"{', '.join(map(_flag, ar_only))} apply to an AR (Llama/Qwen2) teacher only")
+    cfg = _train_config(opts)
+    trainer = Refurbisher(cfg)
+    code = trainer.run()
+    print(f"saved {trainer.save_mode} output at step {trainer.step} to {cfg.out}", file=sys.stderr)
+    return code
+
+
+def _run_ar_preserving(opts: dict) -> int:
     from d2f.engine.models.checkpoint import read_spec
     from d2f.engine.tokenizer import load_tokenizer
 
+    from . import arpreserve
     from .student import choose_mask_token
 
-    mask, new_row = choose_mask_token(read_spec(args.teacher)[0], load_tokenizer(args.teacher), args.mask_token)
+    _require(opts, ("teacher", "out", "data"))
+    mask, new_row = choose_mask_token(read_spec(opts["teacher"])[0], load_tokenizer(opts["teacher"]),
+                                      opts["mask_token"])
     if new_row:  # the base stays as it is: an existing id is fed, its input vector is the adapter's
         raise ValueError("--ar-preserving needs --mask-token auto or an existing token id, not a new row")
-    cfg = arpreserve.Config(teacher=args.teacher, data=args.data, out=args.out, block_size=args.block_size,
-                            block_sizes=tuple(sorted({max(2, args.block_size // 2), args.block_size})),
-                            mask_token=mask, rank=args.lora_rank, lr=args.lr or 1e-3, steps=args.steps,
-                            minutes=args.minutes, batch_size=args.batch_size, anchors=args.anchors,
-                            max_len=args.max_len, save_every=args.save_every, seed=args.seed,
-                            init_from=args.init_from)
+    block = opts["block_size"]
+    cfg = arpreserve.Config(teacher=opts["teacher"], data=opts["data"], out=opts["out"], block_size=block,
+                            block_sizes=tuple(sorted({max(2, block // 2), block})), mask_token=mask,
+                            rank=opts["lora_rank"], lr=opts["lr"] or 1e-3, steps=opts["steps"],
+                            minutes=opts["minutes"], batch_size=opts["batch_size"], anchors=opts["anchors"],
+                            max_len=opts["max_len"], save_every=opts["save_every"], seed=opts["seed"],
+                            init_from=opts["init_from"])
     return arpreserve.train(cfg)
+
+
+def _run_data(args) -> int:
+    from .selfdistill import DataConfig, run_data
+
+    given = _given(args, _data_flags)
+    _refuse(_given(args, _train_flags), given, "d2f refurbish data")
+    opts = _defaults(_data_flags) | given
+    _require(opts, ("teacher", "prompts", "out"))
+    return run_data(DataConfig(**opts))
+
+
+def _run_eval(args) -> int:
+    from d2f.engine.models.registry import resolve_model
+
+    from .eval import run_eval
+
+    engine = engine_config(args, kv_cache_memory=args.kv_cache_mb << 20)
+    reference = resolve_model(args.reference_model) if args.reference_model else None
+    return run_eval(from_args(EvalConfig, args, engine=engine, reference_model=reference), args.plot, args.json)
 
 
 def run(args) -> int:
@@ -134,22 +219,14 @@ def run(args) -> int:
 
     try:
         if args.command == "eval":
-            from .eval import run_eval
-
-            return run_eval(args)
+            return _run_eval(args)
         if getattr(args, "action", None) == "data":
-            from .selfdistill import run_data
-
-            return run_data(args)
-        if args.ar_preserving:
-            return _run_ar_preserving(args)
-        from .trainer import Refurbisher
-
-        cfg = _train_config(args)
-        trainer = Refurbisher(cfg)
-        code = trainer.run()
-        print(f"saved {trainer.save_mode} output at step {trainer.step} to {cfg.out}", file=sys.stderr)
-        return code
+            return _run_data(args)
+        given = _given(args, _train_flags)
+        mode = "ar-preserving" if given.get("ar_preserving") else "train"
+        _refuse(given, USES[mode], "--ar-preserving" if mode == "ar-preserving" else "d2f refurbish")
+        opts = _defaults(_train_flags) | given
+        return _run_ar_preserving(opts) if mode == "ar-preserving" else _run_train(opts, given)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"d2f {args.command}: error: {exc}", file=sys.stderr)
         return 2

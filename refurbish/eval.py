@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,11 +16,28 @@ import torch
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.timing import one_at_a_time, timed_generate
 from d2f.engine.tokenizer import load_tokenizer
 
 from . import metrics
 from .data import load_prompts
 from .hfmodel import load_hf
+
+
+@dataclass
+class EvalConfig:
+    engine: EngineConfig  # the D2F model; the reference runs with the same dtype, device and KV pool
+    prompts: str = field(metadata={"help": "held-out prompts: text (one a line) or JSONL"})
+    knobs: str = field(default="0.95,0.9,0.85", metadata={
+        "help": "comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
+                "or tau_conf/tau_act/block_size, e.g. 0.9/0.95/32"})
+    reference_model: str | None = field(default=None, metadata={
+        "help": "AR model for NLL, agreement and the AR point (default: the teacher recorded in the D2F checkpoint)"})
+    max_tokens: int = field(default=64, metadata={"help": "tokens generated per prompt"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
+    chat: bool = field(default=False, metadata={"help": "wrap text prompts in the tokenizer's chat template"})
+    single_stream: int = field(default=0, metadata={
+        "help": "also time the first N prompts one at a time (single-stream tokens/s)", "metavar": "N"})
 
 
 def parse_knobs(text: str) -> list[dict]:
@@ -59,23 +76,15 @@ def find_reference(model: str, lora: str | None) -> str | None:
 def single_stream(engine: Engine, prompts, params: DecodeParams) -> float | None:
     """Tokens/s with one request at a time: the latency view, where D2F's tokens per forward pay off
     (in a big batch the forward is compute-bound and extra window rows cost what they compute)."""
-    tokens, seconds = 0, 0.0
-    for p in prompts:
-        start = time.perf_counter()
-        out = engine.generate([p], params)[0]
-        seconds += time.perf_counter() - start
-        tokens += len(out.token_ids)
-    return round(tokens / seconds, 2) if seconds else None
+    rate = one_at_a_time(engine, prompts, params).tokens_per_second
+    return None if rate is None else round(rate, 2)
 
 
 def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_answers=None,
                 single: int = 0) -> dict:
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    seconds = time.perf_counter() - start
+    timed = timed_generate(engine, prompts, params)
+    outs, seconds, tokens, forwards = timed.outputs, timed.seconds, timed.tokens, timed.forwards
     answers = [o.token_ids for o in outs]
-    tokens = sum(len(a) for a in answers)
-    forwards = sum(o.num_forwards for o in outs)
     eos = engine.spec.eos_token_ids[:1]
     # The EOS itself is part of the text the reference scores: ending well is part of fluency.
     scored = [a + eos if o.finish_reason == "stop" else a for a, o in zip(answers, outs)]
@@ -97,30 +106,30 @@ def _round(x):
     return None if x is None else round(x, 4)
 
 
-def evaluate(args) -> dict:
-    reference = args.reference_model or find_reference(args.model, args.lora)
+def evaluate(cfg: EvalConfig) -> dict:
+    model, lora = cfg.engine.model, cfg.engine.lora
+    reference = cfg.reference_model or find_reference(model, lora)
     if not reference:
         raise ValueError("--reference-model is needed (the checkpoint records no teacher)")
-    cfg = dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_mb << 20)
-    engine = Engine(EngineConfig(model=args.model, lora=args.lora, **cfg))
-    ar_engine = Engine(EngineConfig(model=reference, **cfg))
+    engine = Engine(cfg.engine)
+    ar_engine = Engine(replace(cfg.engine, model=reference, lora=None))
     if not ar_engine.spec.shift_logits:
         raise ValueError(f"{reference}: the reference must be a shifted-logit (AR-decodable) model, not LLaDA")
-    tok = load_tokenizer(args.model) or load_tokenizer(reference)
-    prompts = load_prompts(args.prompts, tok, args.chat)[:args.limit or None]
+    tok = load_tokenizer(model) or load_tokenizer(reference)
+    prompts = load_prompts(cfg.prompts, tok, cfg.chat)[:cfg.limit or None]
     _, _, ref_model = load_hf(reference)
     ref_model.eval()
     # First calls pay for allocation and kernel selection; do not bill them to the first setting.
     for e, block in ((engine, None), (ar_engine, 1)):
         e.generate(prompts[:1], DecodeParams(max_tokens=2, block_size=block))
-    single = args.single_stream
-    ar = run_setting(ar_engine, prompts, DecodeParams(max_tokens=args.max_tokens, block_size=1), ref_model,
+    single = cfg.single_stream
+    ar = run_setting(ar_engine, prompts, DecodeParams(max_tokens=cfg.max_tokens, block_size=1), ref_model,
                      single=single)
     ref_answers = ar.pop("answers")
     ar.update(knobs={"block_size": 1}, agreement=1.0, exact_match=1.0)
     settings = []
-    for knob in parse_knobs(args.knobs):
-        params = DecodeParams(max_tokens=args.max_tokens, **knob)
+    for knob in parse_knobs(cfg.knobs):
+        params = DecodeParams(max_tokens=cfg.max_tokens, **knob)
         row = run_setting(engine, prompts, params, ref_model, ref_answers, single=single)
         answers = row.pop("answers")
         full = dict(knob, block_size=knob.get("block_size", engine.spec.block_size))
@@ -133,29 +142,29 @@ def evaluate(args) -> dict:
         if tok is not None and answers:
             row["sample"] = tok.decode(answers[0], skip_special_tokens=True)[:200]
         settings.append(row)
-    return {"model": args.model, "lora": args.lora, "reference_model": reference, "num_prompts": len(prompts),
-            "max_tokens": args.max_tokens, "ar": ar, "settings": settings}
+    return {"model": model, "lora": lora, "reference_model": reference, "num_prompts": len(prompts),
+            "max_tokens": cfg.max_tokens, "ar": ar, "settings": settings}
 
 
-def run_eval(args) -> int:
+def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) -> int:
     torch.manual_seed(0)
-    report = evaluate(args)
-    if args.plot:
+    report = evaluate(cfg)
+    if plot:
         from .plot import plot_curve
 
-        plot_curve(report, args.plot)
-    if args.json:
+        plot_curve(report, plot)
+    if as_json:
         print(json.dumps(report))
         return 0
     cols = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
-    if args.single_stream:
+    if cfg.single_stream:
         cols += ("single_stream_tokens_per_second",)
     print(f"{'setting':<24}" + "".join(f"{c:>20}" for c in cols))
     rows = [("AR (reference)", report["ar"])] + [(_label(s["knobs"]), s) for s in report["settings"]]
     for name, row in rows:
         print(f"{name:<24}" + "".join(f"{'-' if row.get(c) is None else row[c]:>20}" for c in cols))
-    if args.plot:
-        print(f"plot written to {args.plot}", file=sys.stderr)
+    if plot:
+        print(f"plot written to {plot}", file=sys.stderr)
     return 0
 
 

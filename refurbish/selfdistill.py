@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
@@ -47,18 +50,36 @@ def generate_answers(teacher: str, prompts: list[list[int]], *, max_tokens: int,
     return rows, dropped
 
 
-def run_data(args) -> int:
-    tok = load_tokenizer(args.teacher)
-    prompts = load_prompts(args.prompts, tok, args.chat)
-    if args.limit:
-        prompts = prompts[:args.limit]
-    rows, dropped = generate_answers(
-        args.teacher, prompts, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, keep_truncated=args.keep_truncated, dtype=args.dtype, device=args.device,
-        kv_cache_memory=args.kv_cache_mb << 20 if args.kv_cache_mb else None,
-        progress=lambda done, total: print(f"\rself-distillation {done}/{total}", end="", file=sys.stderr))
-    print(file=sys.stderr)
-    out = Path(args.out)
+@dataclass
+class DataConfig:
+    """`d2f refurbish data`; the defaults are the command's flags' (refurbish/cli.py)."""
+    teacher: str
+    prompts: str
+    out: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    limit: int | None
+    chat: bool
+    keep_truncated: bool
+    dtype: str
+    device: str
+    kv_cache_mb: int | None
+
+
+def run_data(cfg: DataConfig) -> int:
+    tok = load_tokenizer(cfg.teacher)
+    prompts = load_prompts(cfg.prompts, tok, cfg.chat)
+    if cfg.limit:
+        prompts = prompts[:cfg.limit]
+    with tqdm(total=len(prompts), desc="self-distillation", unit="prompt", file=sys.stderr) as bar:
+        rows, dropped = generate_answers(
+            cfg.teacher, prompts, max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            seed=cfg.seed, keep_truncated=cfg.keep_truncated, dtype=cfg.dtype, device=cfg.device,
+            kv_cache_memory=cfg.kv_cache_mb << 20 if cfg.kv_cache_mb else None,
+            progress=lambda done, total: bar.update(done - bar.n))
+    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as fh:
         for row in rows:

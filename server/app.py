@@ -4,52 +4,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from d2f.engine.async_engine import AsyncEngine
-from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 
 from . import errors, routes
 from .admission import Admission
 from .limits import BodyLimit
 from .metrics import Metrics
+from .settings import ServerSettings
 
 log = logging.getLogger("d2f.server")
-
-
-@dataclass
-class ServerSettings:
-    model: str
-    lora: str | None = None
-    served_model_name: str | None = None
-    api_keys: list[str] = field(default_factory=list)
-    dtype: str = "auto"
-    device: str = "cpu"
-    kv_cache_memory: int | None = None
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    max_queue: int = 256            # running + waiting requests before 429
-    max_body_bytes: int = 4 << 20
-    default_max_tokens: int = 1024  # chat requests that name no limit
-    request_timeout: float = 600.0
-    drain_timeout: float = 30.0
-    protect_metrics: bool = False
-    allowed_origins: list[str] = field(default_factory=list)
-    log_requests: bool = False
-
-    @property
-    def model_name(self) -> str:
-        return self.served_model_name or Path(self.model).name
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(model=self.model, lora=self.lora, dtype=self.dtype, device=self.device,
-                            kv_cache_memory=self.kv_cache_memory, max_num_seqs=self.max_num_seqs,
-                            max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len)
 
 
 class ServerState:
@@ -62,15 +29,14 @@ class ServerState:
         self.tokenizer = None
         self.draining = False
         self.admission = Admission(settings.max_queue)
-        config = settings.engine_config()  # validates the settings before any loading starts
 
         def build() -> Engine:
             from d2f.engine.tokenizer import load_tokenizer
 
-            engine = Engine(config)
-            tokenizer = load_tokenizer(settings.model)
+            engine = Engine(settings.engine)
+            tokenizer = load_tokenizer(settings.engine.model)
             if tokenizer is None:
-                raise ValueError(f"{settings.model}: no tokenizer files; the HTTP API needs one")
+                raise ValueError(f"{settings.engine.model}: no tokenizer files; the HTTP API needs one")
             self.tokenizer = tokenizer
             return engine
 
@@ -118,4 +84,4 @@ async def _announce_ready(state: ServerState) -> None:
     except Exception as exc:  # noqa: BLE001 - reported in the log and by /health
         log.error("model failed to load: %s", exc)
         return
-    log.info("model %s ready: serving as %r", state.settings.model, state.model_name)
+    log.info("model %s ready: serving as %r", state.settings.engine.model, state.model_name)

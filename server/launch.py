@@ -5,89 +5,54 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 
+from d2f.engine.cli_args import CAPACITY_FIELDS, MODEL_FIELDS, add_dataclass_arguments, flags
+from d2f.engine.config import EngineConfig
+
+from .settings import ServerSettings
+
 log = logging.getLogger("d2f.server")
 
-# (flag, type, default, help); booleans are store_true flags.
-FLAGS = [
-    ("model", str, None, "checkpoint directory, or smollm2 / smollm2-d2f: the embedded model as AR / as D2F (default: the embedded default)"),
-    ("lora", str, None, "PEFT LoRA adapter directory, merged at load"),
-    ("host", str, "127.0.0.1", "address to bind (default loopback only)"),
-    ("port", int, 8000, "port"),
-    ("served-model-name", str, None, "model name clients use (default: the directory name)"),
-    ("api-key", str, None, "require 'Authorization: Bearer KEY' on /v1 (comma-separated for several keys)"),
-    ("dtype", str, "auto", "auto | fp32 | bf16 | fp16"),
-    ("device", str, "cpu", "cpu | cuda | cuda:N"),
-    ("kv-cache-memory", int, None, "KV cache budget in bytes (default 1 GiB on CPU, half the free GPU memory)"),
-    ("max-num-seqs", int, 64, "sequences decoded together"),
-    ("max-num-batched-tokens", int, 2048, "tokens per forward (long causal prompts are chunked to this)"),
-    ("max-model-len", int, None, "context limit (default: the model's)"),
-    ("max-queue", int, 256, "running plus waiting requests before new ones get 429"),
-    ("max-body-bytes", int, 4 << 20, "largest request body; larger ones get 413"),
-    ("default-max-tokens", int, 1024, "chat completions that name no max_tokens"),
-    ("request-timeout", float, 600.0, "seconds before a non-streamed request is aborted"),
-    ("drain-timeout", float, 30.0, "seconds in-flight requests may finish after SIGTERM"),
-    ("allowed-origins", str, None, "comma-separated CORS origins (default: CORS off)"),
-    ("protect-metrics", bool, False, "require the API key on /metrics too"),
-    ("log-requests", bool, False, "log prompts and outputs (off by default)"),
-    ("log-level", str, "info", "debug | info | warning | error"),
-]
+ENV_PREFIX = "D2F_"
+GROUPS = [(EngineConfig, MODEL_FIELDS + CAPACITY_FIELDS), (ServerSettings, None)]
 
 
-def _env_name(flag: str) -> str:
-    return "D2F_" + flag.upper().replace("-", "_")
+def serve_flags():
+    """Every `d2f serve` flag, the engine's and the server's (each also D2F_<FLAG> in the environment)."""
+    return [f for cls, include in GROUPS for f in flags(cls, include)]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    for flag, kind, default, help_text in FLAGS:
-        env = os.environ.get(_env_name(flag))
-        if kind is bool:
-            on = default or (env is not None and env.lower() in ("1", "true", "yes", "on"))
-            p.add_argument(f"--{flag}", action="store_true", default=on, help=f"{help_text} [{_env_name(flag)}]")
-            continue
-        p.add_argument(f"--{flag}", type=kind, default=kind(env) if env is not None else default,
-                       help=f"{help_text} [{_env_name(flag)}]")
-
-
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+    for cls, include in GROUPS:
+        add_dataclass_arguments(p, cls, include=include, env_prefix=ENV_PREFIX)
 
 
 def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from d2f.engine.models.registry import resolve_model, served_name
+    from d2f.engine.cli_args import engine_config, from_args
     from d2f.engine.models.families import CheckpointError
+    from d2f.engine.models.registry import served_name
 
-    from .app import ServerSettings, build_app
+    from .app import build_app
 
     t0 = time.monotonic()
     try:
-        model = resolve_model(args.model)
-        settings = ServerSettings(
-            model=model, lora=args.lora,
-            served_model_name=args.served_model_name or served_name(args.model),
-            api_keys=_split(args.api_key), dtype=args.dtype, device=args.device,
-            kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-            max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
-            default_max_tokens=args.default_max_tokens,
-            request_timeout=args.request_timeout, drain_timeout=args.drain_timeout,
-            protect_metrics=args.protect_metrics, allowed_origins=_split(args.allowed_origins),
-            log_requests=args.log_requests)
+        settings = from_args(ServerSettings, args, engine=engine_config(args),
+                             served_model_name=args.served_model_name or served_name(args.model))
         app = build_app(settings)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"d2f: error: {exc}", file=sys.stderr)
         return 2
-    log.info("loading %s (health answers 503 until ready)", model)
-    server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                                           timeout_graceful_shutdown=5), app.state.d2f)
+    log.info("loading %s (health answers 503 until ready)", settings.engine.model)
+    server = DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level.lower(), timeout_graceful_shutdown=5),
+                            app.state.d2f)
     asyncio.run(server.serve())
     if server.engine_died:
         log.error("engine stopped: %s", app.state.d2f.engine.error)

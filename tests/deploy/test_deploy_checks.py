@@ -250,14 +250,16 @@ def test_compose_mounts_exist():
 def test_every_serve_flag_has_an_environment_variable(monkeypatch):
     import argparse
 
+    from d2f.engine.cli_args import env_name
     from d2f.server import launch
 
-    for flag, kind, default, _ in launch.FLAGS:
-        value = "1" if kind is not str else "from-env"
-        monkeypatch.setenv(launch._env_name(flag), value)
+    for flag in launch.serve_flags():
+        value = "1" if flag.kind is not str else "from-env"
+        monkeypatch.setenv(env_name(launch.ENV_PREFIX, flag.flag), value)
     parser = argparse.ArgumentParser()
     launch.add_arguments(parser)
     args = vars(parser.parse_args([]))
-    for flag, kind, default, _ in launch.FLAGS:
-        got = args[flag.replace("-", "_")]
-        assert got == (True if kind is bool else kind("1") if kind is not str else "from-env"), flag
+    for flag in launch.serve_flags():
+        got = args[flag.dest]
+        want = {bool: True, str: "from-env", list: ["1"]}.get(flag.kind) or flag.kind("1")
+        assert got == want, flag.flag

@@ -39,3 +39,20 @@ def test_saves_every_n_steps_and_at_the_end():
 def test_no_budget_is_a_short_run_not_an_endless_one():
     code, done, saved = _run(None, None, 40)
     assert (code, done) == (0, DEFAULT_STEPS) and saved == [40, 80, DEFAULT_STEPS]
+
+
+def test_status_line_shows_step_loss_speed_and_eta():
+    stream = io.StringIO()
+    code = run_training(lambda: (0.5, 100), lambda: None, lambda: 0, 3, None, 0, stream)
+    assert code == 0
+    line = stream.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "3/3" in line and "loss 0.5000" in line and "tok/s" in line and "eta 0:00:00" in line
+
+
+def test_time_bounded_status_counts_steps_without_a_total():
+    from d2f.refurbish.progress import Progress
+
+    progress = Progress(None, 60.0, io.StringIO())
+    line = progress.update(1, 2.0, 10)
+    progress.close()
+    assert line.startswith("step 1") and "loss 2.0000" in line and "eta 0:00:5" in line

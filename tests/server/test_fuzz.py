@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from d2f.engine.config import EngineConfig
 from d2f.server.app import ServerSettings, build_app
 from d2f.bench.live import LiveServer
 from tests.support.server_fixtures import write_tiny_server_model
@@ -17,7 +18,7 @@ EXAMPLES = int(os.environ.get("D2F_FUZZ_EXAMPLES", "25"))
 KEY = "fuzz-key"
 
 # The OpenAPI document comes from the app object itself; this instance is never started.
-schema = schemathesis.openapi.from_dict(build_app(ServerSettings(model="schema-only")).openapi())
+schema = schemathesis.openapi.from_dict(build_app(ServerSettings(EngineConfig(model="schema-only"))).openapi())
 
 
 @pytest.fixture(scope="module")

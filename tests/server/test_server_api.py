@@ -7,6 +7,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from d2f.engine.config import EngineConfig
 from d2f.server.app import ServerSettings, build_app
 from d2f.server.protocol import ChatCompletionRequest, CompletionRequest
 from tests.support.server_fixtures import Client, metric_samples, run, sse_events
@@ -260,7 +261,7 @@ def test_metrics_move_with_requests(model_dirs):
 
 def test_health_is_503_while_loading(tmp_path):
     async def main():
-        app = build_app(ServerSettings(model=str(tmp_path / "missing")))
+        app = build_app(ServerSettings(EngineConfig(model=str(tmp_path / "missing"))))
         async with LifespanManager(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
                 first = await c.get("/health")

@@ -59,11 +59,14 @@ class Client:
     tests of disconnects drive the app with `asgi_call` instead."""
 
     def __init__(self, model_dir, **settings):
+        from dataclasses import fields
+
+        from d2f.engine.config import EngineConfig
         from d2f.server.app import ServerSettings, build_app
 
-        settings.setdefault("dtype", "fp32")
-        settings.setdefault("kv_cache_memory", 1 << 24)
-        self.app = build_app(ServerSettings(model=str(model_dir), **settings))
+        engine = {"dtype": "fp32", "kv_cache_memory": 1 << 24}  # settings name engine and server fields alike
+        engine |= {k: settings.pop(k) for k in [f.name for f in fields(EngineConfig)] if k in settings}
+        self.app = build_app(ServerSettings(EngineConfig(model=str(model_dir), **engine), **settings))
         self.state = self.app.state.d2f
 
     async def __aenter__(self):
