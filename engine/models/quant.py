@@ -162,9 +162,11 @@ class Int4Linear:
     so s = scale and z = min + 8 * scale. With fp32 activations s and z hold GGUF Q4_1's fp16 d and m
     exactly (d is exact; m + 8d is exact in fp32 for every block of the default model, and the kernel's
     fma then gives q * d + m with the single rounding gguf's dequantizer has). With bf16 activations d and
-    m + 8d are rounded to bf16 (8 significant bits), which moves weights by up to a few 1e-3 relative; pass
-    scale_dtype=torch.float32 to keep them exact: the layer then runs the kernel on fp32 activations and
-    returns the model dtype.
+    m + 8d are rounded to bf16 (8 significant bits): over all Q4_1 matrices of the default model that moves
+    a weight by at most 0.0215 (0.41% of its row's largest |w|), against 0.0137 for rounding the
+    dequantized weights themselves to bf16. scale_dtype=torch.float32 keeps them exact (the kernel then
+    runs on fp32 activations and the layer returns the model dtype), but on CPU (torch 2.13) only the bf16
+    kernel is vectorized: fp32 and fp16 run 70-180x slower, a reference aid, not a serving path.
     """
     __slots__ = ("packed", "scale_zero", "group_size", "bias", "in_features", "out_features", "dtype", "cuda")
 
