@@ -127,7 +127,7 @@ def quantize(weight: torch.Tensor, mode: str, group_size: int = 32) -> Int8Weigh
 
 
 class Int8Linear:
-    """y = x @ (q * scale).T + b via aten._weight_int8pack_mm (CPU; the CUDA branch is unverified on GPU)."""
+    """y = x @ (q * scale).T + b via aten._weight_int8pack_mm (CPU; on CUDA the same op, unverified on GPU)."""
     __slots__ = ("q", "scale", "bias", "in_features", "out_features")
 
     def __init__(self, weights: Int8Weights, dtype: torch.dtype, bias: torch.Tensor | None = None,
