@@ -1,4 +1,5 @@
-"""Engine.step(): schedule -> forward -> decode -> commit -> outputs. Synchronous; one thread owns it."""
+"""Engine.step(): schedule -> begin (add, activate) -> forward -> decode and commit -> outputs.
+Synchronous; one thread owns it. The decoding rules are the model's algorithm's (engine/decoding/)."""
 from __future__ import annotations
 
 import itertools
@@ -56,7 +57,7 @@ class Engine:
             if not spec.is_d2f:
                 raise RequestError(f"block_size must be 1 for this autoregressive model, got {block}")
             raise RequestError(f"block_size must be a multiple of the model's training block size "
-                             f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
+                               f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
         stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
         if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
             taus = (1.0, 1.0, 1.0)
@@ -78,7 +79,7 @@ class Engine:
         need = len(prompt_ids) + -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
         if need > self.max_model_len:
             raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
-                             f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
+                               f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
         if need > capacity:
             raise RequestError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")

@@ -59,8 +59,9 @@ class Scheduler:
             return Work(seq, seq.cached_len, end, end, [])
         first = seq.first_active()
         commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
-        last_size, last_masked = (seq.knobs.block_size, True) if add else (seq.blocks[-1].size, seq.blocks[-1].masked)
-        if self.shift_logits and last_size == 1 and last_masked and end - 1 > seq.cached_len:
+        last = seq.blocks[-1] if not add else None  # None: the block to add, all masks, comes last
+        last_size = seq.knobs.block_size if last is None else last.size
+        if self.shift_logits and last_size == 1 and (last is None or last.masked) and end - 1 > seq.cached_len:
             # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
             # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
             end -= 1

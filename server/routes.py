@@ -163,6 +163,7 @@ async def metrics(request: Request):
     if state.settings.protect_metrics and state.settings.api_keys:
         _check_key(request, state.settings.api_keys)
     engine = state.engine
-    if engine.pool is not None:
-        state.metrics.refresh(engine.stats, engine.pool, engine.num_active)
+    pool = engine.pool
+    if pool is not None:
+        state.metrics.refresh(engine.stats, pool, engine.num_active)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
