@@ -13,6 +13,8 @@ import threading
 from typing import AsyncIterator, Callable
 
 from .engine import Engine
+from .errors import RequestError
+from .kv_cache import PagePool
 from .outputs import RequestOutput, StepStats
 from .params import DecodeParams
 
@@ -65,17 +67,36 @@ class AsyncEngine:
         with self._lock:
             return len(self._streams)
 
+    # ---- what callers on other threads may read or check (once ready) ---------------------
+    def validate(self, prompt_ids: list[int], params: DecodeParams) -> None:
+        """Every check generate() will make; RequestError if the engine would refuse the request."""
+        self.engine.validate(prompt_ids, params)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def default_block_size(self) -> int:
+        return self.engine.spec.block_size
+
+    @property
+    def pool(self) -> PagePool | None:
+        """The KV page pool, for its counters; None until the engine has loaded."""
+        engine = self.engine
+        return None if engine is None else engine.pool
+
     # ---- requests -------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: DecodeParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
-        """Per-block outputs until finished. Raises ValueError for a request the engine refuses."""
+        """Per-block outputs until finished. Raises RequestError for a request the engine refuses."""
         if self._stopped.is_set():
             raise EngineDeadError("engine is not running")
         loop = asyncio.get_running_loop()
         stream: asyncio.Queue = asyncio.Queue()
         with self._lock:
             if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
+                raise RequestError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = (loop, stream)
         self._commands.put(("add", request_id, list(prompt_ids), params))
         finished = False
@@ -125,7 +146,7 @@ class AsyncEngine:
         if kind == "add":
             try:
                 engine.add_request(request_id, prompt, params)
-            except ValueError as exc:
+            except Exception as exc:  # refused (RequestError) or our bug: that request alone fails
                 self._deliver(request_id, exc)
         elif kind == "abort":
             out = engine.abort(request_id)

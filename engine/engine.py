@@ -1,4 +1,5 @@
-"""Engine.step(): schedule -> forward -> decode -> commit -> outputs. Synchronous; one thread owns it."""
+"""Engine.step(): schedule -> begin (add, activate) -> forward -> decode and commit -> outputs.
+Synchronous; one thread owns it. The decoding rules are the model's algorithm's (engine/decoding/)."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +9,9 @@ import time
 
 import torch
 
-from . import decoding
 from .config import EngineConfig
+from .decoding import for_spec
+from .errors import RequestError
 from .kv_cache import PagePool, pages_for_budget
 from .models.decoder import KVCache
 from .models.loader import load_model
@@ -37,8 +39,9 @@ class Engine:
         num_pages = pages_for_budget(spec, config.torch_dtype, config.kv_budget_bytes(), config.page_size)
         self.pool = PagePool(num_pages, config.page_size)
         self.kv = KVCache(spec, num_pages * config.page_size, config.torch_dtype, config.device)
-        self.runner = Runner(self.model, self.kv, self.pool)
-        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal, spec.shift_logits)
+        self.algorithm = for_spec(spec)
+        self.runner = Runner(self.model, self.kv, self.pool, self.algorithm)
+        self.scheduler = Scheduler(config, self.pool, self.algorithm, spec.prompt_causal, spec.shift_logits)
         self.requests: dict[str, Sequence] = {}
         self._order = itertools.count()
         self._seed_rng = random.Random(config.seed)
@@ -46,15 +49,15 @@ class Engine:
 
     # ---- requests -------------------------------------------------------------------------
     def resolve_knobs(self, params: DecodeParams) -> Knobs:
-        """Fill model defaults in and check the request against this model; ValueError if it cannot run."""
+        """Fill model defaults in and check the request against this model; RequestError if it cannot run."""
         params.verify()
         spec = self.spec
         block = params.block_size or spec.block_size
         if not spec.valid_block_size(block):
             if not spec.is_d2f:
-                raise ValueError(f"block_size must be 1 for this autoregressive model, got {block}")
-            raise ValueError(f"block_size must be a multiple of the model's training block size "
-                             f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
+                raise RequestError(f"block_size must be 1 for this autoregressive model, got {block}")
+            raise RequestError(f"block_size must be a multiple of the model's training block size "
+                               f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
         stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
         if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
             taus = (1.0, 1.0, 1.0)
@@ -63,29 +66,28 @@ class Engine:
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
                      max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
-                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop),
-                     force_leftmost=spec.ar_preserving)
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
         """Every check add_request makes, without side effects: callers may run it on any thread."""
         knobs = self.resolve_knobs(params)
         if not prompt_ids:
-            raise ValueError("prompt must contain at least one token")
+            raise RequestError("prompt must contain at least one token")
         bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {self.spec.vocab_size})")
+            raise RequestError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {self.spec.vocab_size})")
         need = len(prompt_ids) + -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
         if need > self.max_model_len:
-            raise ValueError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
-                             f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
+            raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
+                               f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
         if need > capacity:
-            raise ValueError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
+            raise RequestError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
         return knobs
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: DecodeParams) -> None:
         if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already running")
+            raise RequestError(f"request id {request_id!r} is already running")
         knobs = self.validate(prompt_ids, params)
         gen = None
         if knobs.temperature > 0:
@@ -112,6 +114,8 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         works = self.scheduler.schedule()
+        for work in works:  # the plan's blocks are added and activated now, before the forward
+            self.algorithm.begin(work)
         outputs: list[RequestOutput] = []
         committed = 0
         fwd = 0.0
@@ -151,35 +155,24 @@ class Engine:
         return results
 
     def _advance(self, work, rows: torch.Tensor) -> int:
-        seq = work.seq
-        seq.cached_len = work.commit_upto
-        seq.num_forwards += 1
-        if not work.predict:
-            return 0
-        if not bool(torch.isfinite(rows).all()):
-            raise FloatingPointError("non-finite logits")
-        x0, conf = decoding.choose(rows, seq.knobs, seq.generator)
-        n = decoding.commit(seq, work.predict, x0, conf)
-        decoding.finish_blocks(seq)
-        return n
+        work.seq.num_forwards += 1
+        return self.algorithm.step(work, rows)
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
         self.requests.pop(seq.request_id, None)
         self.scheduler.remove(seq)
-        seq.finish_reason = "error"
         return RequestOutput(seq.request_id, [], seq.answer[:seq.emitted], True, "error", seq.num_forwards,
                              seq.prompt_len, error=message)
 
     def _output(self, seq: Sequence) -> RequestOutput | None:
-        answer, reason = decoding.check_finished(seq)
+        answer, reason = self.algorithm.check_finished(seq)
         if reason is not None:
             self.requests.pop(seq.request_id, None)
             self.scheduler.remove(seq)
             new, seq.emitted = answer[seq.emitted:], len(answer)
-            seq.finish_reason = reason
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
                                  queue_seconds=_queue(seq))
-        boundary = min(decoding.emit_boundary(seq), len(answer))
+        boundary = min(self.algorithm.emit_boundary(seq), len(answer))
         if boundary <= seq.emitted:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary

@@ -34,9 +34,6 @@ class PagePool:
     def pages_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 
-    def can_grow(self, pages: list[int], num_tokens: int) -> bool:
-        return self.pages_needed(num_tokens) - len(pages) <= len(self._free)
-
     def grow(self, pages: list[int], num_tokens: int) -> bool:
         """Extend a page list to cover num_tokens; all-or-nothing."""
         need = self.pages_needed(num_tokens) - len(pages)
@@ -49,7 +46,3 @@ class PagePool:
     def release(self, pages: list[int]) -> None:
         self._free.extend(reversed(pages))
         pages.clear()
-
-    def slots(self, pages: list[int], start: int, end: int) -> list[int]:
-        ps = self.page_size
-        return [pages[p // ps] * ps + p % ps for p in range(start, end)]

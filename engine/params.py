@@ -1,8 +1,10 @@
-"""Per-request decoding knobs. Plain dataclass: the server maps ValueError to HTTP 400."""
+"""Per-request decoding knobs. Plain dataclass: the server maps RequestError to HTTP 400."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from .errors import RequestError
 
 # The paper's trade-off points (Dream, GSM8K): tau_act = tau_conf in {0.95, 0.9, 0.85}.
 SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
@@ -31,30 +33,30 @@ class DecodeParams:
     tau_conf: float | None = None
 
     def verify(self) -> None:
-        """Raise ValueError naming the bad field; never assert on user input."""
+        """Raise RequestError naming the bad field; never assert on user input."""
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+            raise RequestError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         _finite("temperature", self.temperature, 0.0, 100.0)
         _finite("top_p", self.top_p, 0.0, 1.0)
         if self.top_p <= 0.0:
-            raise ValueError("top_p must be in (0, 1]")
+            raise RequestError("top_p must be in (0, 1]")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise RequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+            raise RequestError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
-            raise ValueError(f"block_size must be an integer >= 1, got {self.block_size!r}")
+            raise RequestError(f"block_size must be an integer >= 1, got {self.block_size!r}")
         for name in ("tau_add", "tau_act", "tau_conf"):
             value = getattr(self, name)
             if value is not None:
                 _finite(name, value, 0.0, 1.0)
         for tok in self.stop_token_ids:
             if not isinstance(tok, int) or tok < 0:
-                raise ValueError(f"stop_token_ids must be non-negative integers, got {tok!r}")
+                raise RequestError(f"stop_token_ids must be non-negative integers, got {tok!r}")
 
 
 def _finite(name: str, value, lo: float, hi: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise RequestError(f"{name} must be a finite number, got {value!r}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+        raise RequestError(f"{name} must be in [{lo}, {hi}], got {value!r}")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .decoding import Algorithm
 from .kv_cache import PagePool
 from .models.decoder import AttnBatch, Decoder, KVCache
 from .sequence import Sequence
@@ -23,6 +24,7 @@ class Work:
     end: int
     commit_upto: int
     predict: list[int]  # positions whose tokens this forward predicts
+    add_block: bool = False  # the algorithm appends a block before the forward (predict includes it)
 
 
 def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> torch.Tensor:
@@ -34,20 +36,8 @@ def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> tor
     return torch.where(pos < p, prompt_end, answer_end)
 
 
-def ar_preserving_mask(seq: Sequence, start: int, end: int, k_len: int, ends: torch.Tensor) -> torch.Tensor:
-    """[end - start, k_len] bool. A mask sees what block-causal attention gives it; a clean token sees
-    only clean tokens at or before itself, never a mask, so its state is exactly the AR model's."""
-    keys = torch.arange(k_len)
-    masked = torch.tensor(seq.is_masked[start:end], dtype=torch.bool)
-    clean_key = torch.zeros(k_len, dtype=torch.bool)
-    clean_key[:start] = True  # the cache holds committed tokens only
-    clean_key[start:end] = ~masked
-    causal = keys[None, :] <= torch.arange(start, end)[:, None]
-    return torch.where(masked[:, None], keys[None, :] < ends[:, None], causal & clean_key[None, :])
-
-
 class Runner:
-    def __init__(self, model: Decoder, kv: KVCache, pool: PagePool):
+    def __init__(self, model: Decoder, kv: KVCache, pool: PagePool, algorithm: Algorithm):
         self.model = model
         self.kv = kv
         self.pool = pool
@@ -55,7 +45,7 @@ class Runner:
         self.shift = model.spec.shift_logits
         self.prompt_causal = model.spec.prompt_causal
         self.align = 1 if model.row_invariant else ROW_ALIGN
-        self.ar_preserving = model.spec.ar_preserving
+        self.algorithm = algorithm  # owns the attention rule and where the mask adapter acts
 
     def _align(self, n: int) -> int:
         return -(-n // self.align) * self.align
@@ -70,7 +60,7 @@ class Runner:
         b = len(works)
         q_len = max(w.end - w.start for w in works)
         k_len = max(w.end for w in works)
-        ids, pos, write, qrows, gather, vis, masks, adapter_rows = [], [], [], [], [], [], [], []
+        ids, pos, write, qrows, gather, masks, adapter_rows = [], [], [], [], [], [], []
         offset = 0
         for i, w in enumerate(works):
             n = w.end - w.start
@@ -81,14 +71,11 @@ class Runner:
             qrows.append(torch.arange(i * q_len, i * q_len + n))
             gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
-            if self.ar_preserving:
-                m = torch.zeros(q_len, k_len, dtype=torch.bool)
-                m[:n] = ar_preserving_mask(w.seq, w.start, w.end, k_len, ends)
-                m[n:, 0] = True  # padded rows see key 0
-                masks.append(m)
-                adapter_rows.extend(offset + j for j, x in enumerate(w.seq.is_masked[w.start:w.end]) if x)
-            else:
-                vis.append(torch.nn.functional.pad(ends, (0, q_len - n), value=1))  # padded rows see key 0
+            m = torch.zeros(q_len, k_len, dtype=torch.bool)
+            m[:n] = self.algorithm.attention_rows(w.seq, w.start, w.end, k_len, ends)
+            m[n:, 0] = True  # padded rows see key 0
+            masks.append(m)
+            adapter_rows.extend(offset + j for j in self.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n
         total = sum(len(x) for x in ids)
         pad = self._align(total) - total
@@ -96,10 +83,7 @@ class Runner:
         pos.append(torch.zeros(pad, dtype=torch.long))
         write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
         qrows.append(torch.full((pad,), b * q_len, dtype=torch.long))
-        if self.ar_preserving:
-            mask = torch.stack(masks)
-        else:
-            mask = torch.arange(k_len)[None, None, :] < torch.stack(vis)[:, :, None]  # vis: [B, Lq]
+        mask = torch.stack(masks)
         dev = self.device
         batch = AttnBatch(
             positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev),

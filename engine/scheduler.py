@@ -1,20 +1,25 @@
-"""Admission, continuous batching and preemption: which windows go into the next forward."""
+"""Admission, continuous batching and preemption: which windows go into the next forward.
+
+The scheduler only plans: it reads sequences and moves them between queues and pages, but their blocks
+and tokens change only when the engine executes a Work (the decoding algorithm's begin and step)."""
 from __future__ import annotations
 
 import time
 from collections import deque
 
-from . import decoding
 from .config import EngineConfig
+from .decoding import Algorithm
 from .kv_cache import PagePool
 from .runner import Work
 from .sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, pool: PagePool, prompt_causal: bool, shift_logits: bool):
+    def __init__(self, config: EngineConfig, pool: PagePool, algorithm: Algorithm, prompt_causal: bool,
+                 shift_logits: bool):
         self.config = config
         self.pool = pool
+        self.algorithm = algorithm
         self.prompt_causal = prompt_causal
         self.shift_logits = shift_logits
         self.waiting: deque[Sequence] = deque()
@@ -31,7 +36,6 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.pool.release(seq.pages)
-        seq.status = Status.FINISHED
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -46,24 +50,22 @@ class Scheduler:
             if self.prompt_causal and budget > 0:
                 return seq.cached_len + min(rest, budget), False  # exact: a causal prompt chunks
             return None
-        add = decoding.wants_block(seq)
+        add = self.algorithm.wants_block(seq)
         end = seq.end + (b if add else 0)
         return (end, add) if end - seq.cached_len <= budget else None
 
     def _make_work(self, seq: Sequence, end: int, add: bool) -> Work:
-        if add:
-            decoding.add_block(seq)
-        if not seq.blocks:  # a prompt chunk: all of it is final
+        if not seq.blocks and not add:  # a prompt chunk: all of it is final
             return Work(seq, seq.cached_len, end, end, [])
-        decoding.activate(seq)
         first = seq.first_active()
         commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
-        last = seq.blocks[-1]
-        if self.shift_logits and last.size == 1 and last.masked and end - 1 > seq.cached_len:
+        last = seq.blocks[-1] if not add else None  # None: the block to add, all masks, comes last
+        last_size = seq.knobs.block_size if last is None else last.size
+        if self.shift_logits and last_size == 1 and (last is None or last.masked) and end - 1 > seq.cached_len:
             # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
             # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
             end -= 1
-        return Work(seq, seq.cached_len, end, commit_upto, decoding.masked_positions(seq))
+        return Work(seq, seq.cached_len, end, commit_upto, self.algorithm.masked_positions(seq, add), add)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's KV; it keeps its decoding state and recomputes its prefix when resumed."""

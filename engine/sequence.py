@@ -11,7 +11,6 @@ import torch
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
-    FINISHED = "finished"
 
 
 @dataclass(slots=True)
@@ -42,9 +41,6 @@ class Knobs:
     top_p: float
     top_k: int
     stop_ids: frozenset[int]
-    # AR-preserving models: the leftmost mask (its logit is the AR model's) is committed every forward,
-    # and only confident tokens elsewhere; no most-confident fallback.
-    force_leftmost: bool = False
 
 
 @dataclass(eq=False)
@@ -71,7 +67,6 @@ class Sequence:
     # block is in_cache once cached_len has passed its end. Blocks finish strictly in order.
     num_done: int = 0
     scanned: int = 0             # final answer tokens already checked for stop tokens
-    finish_reason: str | None = None
     # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
     last_hidden: torch.Tensor | None = None
 
@@ -98,9 +93,6 @@ class Sequence:
     def first_active(self) -> int:
         """Index of the earliest block not yet done (len(blocks) if none)."""
         return self.num_done
-
-    def window_start(self) -> int:
-        return self.cached_len
 
     def finished_prefix(self) -> int:
         """Answer tokens that are final and contiguous from the answer's start."""

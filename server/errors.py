@@ -22,6 +22,15 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+INTERNAL = "internal server error"
+
+
+def internal_error(what: str) -> APIError:
+    """Our own bug, raised from inside an `except`: the details go to the log, never to the client."""
+    log.exception(what)
+    return APIError(500, INTERNAL)
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
@@ -63,4 +72,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception):
         log.exception("unhandled error")  # the details go to the log, never to the client
-        return error_response(500, "internal server error")
+        return error_response(500, INTERNAL)

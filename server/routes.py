@@ -9,8 +9,10 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from d2f.engine.errors import RequestError
+
 from .admission import AdmittedStream, Ticket
-from .errors import APIError
+from .errors import APIError, internal_error
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving import ChoiceRun, collect_unless_gone, stream_events, usage
 from .shapes import ChatShape, CompletionShape
@@ -58,9 +60,11 @@ def _params(state, body, prompt_ids: list[int], max_tokens: int | None, index: i
     if body.seed is not None:
         params.seed = body.seed + index
     try:
-        state.engine.engine.validate(prompt_ids, params)
-    except ValueError as exc:
+        state.engine.validate(prompt_ids, params)
+    except RequestError as exc:
         raise APIError(400, str(exc)) from None
+    except Exception:  # noqa: BLE001 - our bug
+        raise internal_error("request check failed") from None
     return params
 
 
@@ -120,14 +124,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                     for m in body.messages]
         ids = await _tokenize(lambda: tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                               return_dict=False))
-        engine = state.engine.engine
+        engine = state.engine
         requested = body.requested_max_tokens()
 
         def max_tokens(prompt_ids):
             if requested is not None:
                 return requested
             # No limit named: what fits in the context, up to --default-max-tokens.
-            block = body.block_size or engine.spec.block_size
+            block = body.block_size or engine.default_block_size
             room = engine.max_model_len - len(prompt_ids) - (block - 1)
             return max(1, min(state.settings.default_max_tokens, room))
 
@@ -158,7 +162,8 @@ async def metrics(request: Request):
     state = _state(request)
     if state.settings.protect_metrics and state.settings.api_keys:
         _check_key(request, state.settings.api_keys)
-    engine = state.engine.engine
-    if engine is not None:
-        state.metrics.refresh(state.engine.stats, engine.pool, state.engine.num_active)
+    engine = state.engine
+    pool = engine.pool
+    if pool is not None:
+        state.metrics.refresh(engine.stats, pool, engine.num_active)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from d2f.engine.async_engine import EngineDeadError
+from d2f.engine.errors import RequestError
 from d2f.engine.params import DecodeParams
 
-from .errors import APIError, error_body
+from .errors import INTERNAL, APIError, error_body, internal_error
 from .textstream import TextStream
 
 log = logging.getLogger("d2f.requests")
@@ -149,8 +150,10 @@ async def collect(runs: list[ChoiceRun]) -> None:
             pass
     except EngineDeadError:
         raise APIError(503, "the engine is not running") from None
-    except ValueError as exc:  # the engine refused a request (its messages are written for clients)
+    except RequestError as exc:  # the engine refused a request (its messages are written for clients)
         raise APIError(400, str(exc)) from None
+    except Exception:  # noqa: BLE001 - our bug
+        raise internal_error("request failed") from None
     for r in runs:
         if r.finish_reason == "abort":
             raise APIError(503, r.error)
@@ -205,11 +208,11 @@ async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: floa
             yield sse(chunk(d))
     except EngineDeadError:
         yield sse(error_body(503, "the engine is not running"))
-    except ValueError as exc:  # the engine refused a request after all: the client's error
+    except RequestError as exc:  # the engine refused a request after all: the client's error
         yield sse(error_body(400, str(exc)))
     except Exception:  # noqa: BLE001 - our bug; the stream still ends in a well-formed way
         log.exception("stream failed")
-        yield sse(error_body(500, "internal server error"))
+        yield sse(error_body(500, INTERNAL))
     finally:
         await deltas.aclose()
     if final_usage is not None:

@@ -151,12 +151,10 @@ def test_prompt_that_can_never_fit_is_refused(ckpt_dirs):
 
 
 def test_fault_in_one_sequence_fails_only_that_request(ckpt_dirs, monkeypatch):
-    from d2f.engine import decoding
-
     reqs = _requests(seed=17, n=4, blocks=(4,))
     alone = _alone(ckpt_dirs["dream"], reqs)
     eng = make_engine(ckpt_dirs["dream"])
-    real = decoding.commit
+    real = eng.algorithm.commit
     victim = reqs[2][0]
 
     def flaky(seq, *a):
@@ -164,7 +162,7 @@ def test_fault_in_one_sequence_fails_only_that_request(ckpt_dirs, monkeypatch):
             raise IndexError("injected")
         return real(seq, *a)
 
-    monkeypatch.setattr(decoding, "commit", flaky)
+    monkeypatch.setattr(eng.algorithm, "commit", flaky)
     done = _run_staggered(eng, reqs, join_every=1)
     assert done[victim].finish_reason == "error" and "internal error" in done[victim].error
     assert all(done[rid].token_ids == alone[rid] for rid, _, _ in reqs if rid != victim)

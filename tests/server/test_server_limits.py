@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from d2f.engine import decoding
+from d2f.engine.decoding import Algorithm
 from tests.support.server_fixtures import Client, run
 
 LEAKS = ("Traceback", 'File "', "/work", "site-packages", "torch", "engine.", "Error:")
@@ -95,17 +95,17 @@ def test_request_timeout_aborts_and_frees_kv(model_dirs):
                 await asyncio.sleep(0.01)
             return plain, streamed, engine.engine.pool.num_free == engine.engine.pool.num_pages
     # The tiny model is fast: slow it down so the timeout certainly fires first.
-    real = decoding.commit
+    real = Algorithm.commit
 
     def slow(*a):
         import time
         time.sleep(0.01)
         return real(*a)
-    decoding.commit = slow
+    Algorithm.commit = slow
     try:
         plain, streamed, freed = run(main())
     finally:
-        decoding.commit = real
+        Algorithm.commit = real
     assert _clean(plain, 503)["code"] == "timeout"
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     frames = [json.loads(f[6:]) for f in streamed.text.split("\n\n")[:-2]]
@@ -114,13 +114,13 @@ def test_request_timeout_aborts_and_frees_kv(model_dirs):
 
 
 def test_one_failing_request_does_not_touch_others(model_dirs, monkeypatch):
-    real = decoding.commit
+    real = Algorithm.commit
 
-    def flaky(seq, *a):
+    def flaky(self, seq, *a):
         if seq.prompt_ids[:1] == [9]:  # the poisoned prompt
             raise IndexError("/secret/path torch internals")
-        return real(seq, *a)
-    monkeypatch.setattr(decoding, "commit", flaky)
+        return real(self, seq, *a)
+    monkeypatch.setattr(Algorithm, "commit", flaky)
 
     async def main():
         async with Client(model_dirs["ar"]) as c:

@@ -1,0 +1,164 @@
+"""The generic part of block decoding, shared by every algorithm: block lifecycle, sampling, the
+commit loop, finishing and emitting. No model code here.
+
+One iteration = one forward: begin (add -> activate) -> forward (elsewhere) -> step (commit -> finish).
+A subclass decides which masked rows of a block one forward commits (`select`); one that decodes
+differently (e.g. drafting with verification) overrides `begin`/`step` and the attention rules.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..sequence import Block, Knobs, Sequence
+
+if TYPE_CHECKING:
+    from ..runner import Work
+
+
+class Algorithm:
+    # ---- planning (pure: the scheduler calls these and must not change a sequence) ------------
+    def wants_block(self, seq: Sequence) -> bool:
+        """Add rule: room for another answer block, no EOS yet, and the last block far enough along."""
+        if seq.eos_seen or len(seq.blocks) >= seq.max_blocks():
+            return False
+        ratio = seq.blocks[-1].decoded_ratio if seq.blocks else 1.0  # the prompt block is fully decoded
+        return ratio >= seq.knobs.tau_add
+
+    def masked_positions(self, seq: Sequence, add: bool = False) -> list[int]:
+        """Every still-masked position of the active blocks, in order: what this forward must predict;
+        with add, also the block `add_block` is about to append (all masks)."""
+        out = []
+        for blk in seq.blocks[seq.first_active():]:
+            if blk.masked:
+                out.extend(p for p in range(blk.start, blk.end) if seq.is_masked[p])
+        if add:
+            out.extend(range(seq.end, seq.end + seq.knobs.block_size))
+        return out
+
+    # ---- executing a Work ---------------------------------------------------------------------
+    def begin(self, work: Work) -> None:
+        """Before the forward: append the planned block, then update activation."""
+        seq = work.seq
+        if work.add_block:
+            self.add_block(seq)
+        self.activate(seq)
+
+    def add_block(self, seq: Sequence) -> None:
+        size = seq.knobs.block_size
+        seq.blocks.append(Block(start=seq.end, size=size, masked=size))
+        seq.tokens.extend([seq.mask_id] * size)
+        seq.is_masked.extend([True] * size)
+
+    def activate(self, seq: Sequence) -> None:
+        """Block b+1 becomes fully activated (sticky) once block b is decoded past tau_act."""
+        prev_ratio = 1.0
+        for blk in seq.blocks:
+            if prev_ratio >= seq.knobs.tau_act:
+                blk.fully_activated = True
+            prev_ratio = blk.decoded_ratio
+
+    def step(self, work: Work, logits: torch.Tensor) -> int:
+        """After the forward: the window's final prefix joins the cache, then one decode step over the
+        predicted rows' fp32 logits [len(work.predict), V]; returns tokens committed."""
+        seq = work.seq
+        seq.cached_len = work.commit_upto
+        if not work.predict:
+            return 0
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError("non-finite logits")
+        x0, conf = self.choose(logits, seq.knobs, seq.generator)
+        n = self.commit(seq, work.predict, x0, conf)
+        self.finish_blocks(seq)
+        return n
+
+    @staticmethod
+    def choose(logits: torch.Tensor, knobs: Knobs, generator: torch.Generator | None):
+        """fp32 logits [n, V] -> (token ids [n], confidences [n]), confidence = p(x0) after filtering."""
+        if knobs.temperature > 0:
+            logits = logits / knobs.temperature
+        if knobs.top_k and knobs.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, knobs.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if knobs.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token once the mass before it already reaches top_p; the best token always stays.
+            drop_sorted = (cum - sorted_logits.softmax(-1)) >= knobs.top_p
+            drop_sorted[:, 0] = False  # explicit: a top_p below fp32's smallest number would drop everything
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        probs = logits.softmax(-1)
+        if knobs.temperature > 0:
+            x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            conf = probs.gather(-1, x0[:, None]).squeeze(-1)
+        else:
+            conf, x0 = probs.max(-1)
+        return x0, conf
+
+    def commit(self, seq: Sequence, positions: list[int], x0: torch.Tensor, conf: torch.Tensor) -> int:
+        """Decode step for every active block from one forward's predictions; returns tokens committed."""
+        ids, confs = x0.tolist(), conf.tolist()
+        by_pos = {p: i for i, p in enumerate(positions)}
+        committed = 0
+        for blk in seq.blocks[seq.first_active():]:
+            if not blk.masked:
+                continue
+            rows = [by_pos[p] for p in range(blk.start, blk.end) if seq.is_masked[p]]
+            chosen = self.select(blk, rows, confs, seq.knobs.tau_conf)
+            for r in chosen:
+                pos, tok = positions[r], ids[r]
+                seq.tokens[pos] = tok
+                seq.is_masked[pos] = False
+                if tok in seq.knobs.stop_ids:
+                    seq.eos_seen = True
+            blk.masked -= len(chosen)
+            committed += len(chosen)
+        return committed
+
+    def select(self, blk: Block, rows: list[int], confs: list[float], tau_conf: float) -> list[int]:
+        """The rows (indices into this forward's predictions, in position order) of one block's masks
+        to commit; rows[0] == 0 means the block holds the sequence's leftmost mask."""
+        raise NotImplementedError
+
+    @staticmethod
+    def confident(rows: list[int], confs: list[float], tau_conf: float) -> list[int]:
+        return [r for r in rows if confs[r] > tau_conf]  # strictly greater, in fp32
+
+    def finish_blocks(self, seq: Sequence) -> None:
+        """Blocks with no masks become done (to_cache) in order; a later one waits for an active predecessor."""
+        for blk in seq.blocks[seq.num_done:]:
+            if blk.masked:
+                break
+            seq.num_done += 1
+
+    # ---- attention (the runner asks) ----------------------------------------------------------
+    def attention_rows(self, seq: Sequence, start: int, end: int, k_len: int, ends: torch.Tensor) -> torch.Tensor:
+        """[end - start, k_len] bool, True = may attend, for one window whose block-causal visible ends
+        are `ends`. The generic rule: a token sees every position before the end of its own block."""
+        return torch.arange(k_len)[None, :] < ends[:, None]
+
+    def adapter_rows(self, seq: Sequence, start: int, end: int) -> list[int]:
+        """Window rows (from 0) where the model's mask adapter acts; none for plain D2F and AR models."""
+        return []
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def check_finished(self, seq: Sequence) -> tuple[list[int], str | None]:
+        """(final answer tokens known so far, finish reason or None), cut at the first stop token or max_tokens."""
+        knobs = seq.knobs
+        ready = min(seq.finished_prefix(), knobs.max_tokens)
+        answer = seq.tokens[seq.prompt_len:seq.prompt_len + ready]
+        for i in range(seq.scanned, ready):  # final tokens never change: each is checked once
+            if answer[i] in knobs.stop_ids:
+                return answer[:i], "stop"
+        seq.scanned = ready
+        if ready == knobs.max_tokens:
+            return answer, "length"
+        return answer, None
+
+    def emit_boundary(self, seq: Sequence) -> int:
+        """Answer tokens in whole done blocks: what may be streamed (one chunk per committed block)."""
+        if seq.num_done == 0:
+            return 0
+        return seq.blocks[seq.num_done - 1].end - seq.prompt_len
