@@ -68,3 +68,18 @@ def test_no_lazy_import_crosses_a_layer(package):
                     bad.append(f"{path.name}:{node.lineno} imports {name} outside the d2f namespace")
     assert not bad, bad
     assert d2f.__name__ == "d2f"
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists packages one by one (the d2f namespace maps folders): a new subpackage not listed
+    would be missing from the wheel and the Docker image while an editable install hides it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {"d2f"}
+    for folder in ("engine", "server", "refurbish", "bench"):
+        for init in (root / folder).rglob("__init__.py"):
+            on_disk.add(".".join(["d2f", *init.parent.relative_to(root).parts]))
+    assert on_disk == listed
