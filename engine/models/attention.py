@@ -1,0 +1,73 @@
+"""Attention over a short query window: batched matmuls instead of CPU SDPA where that is faster.
+
+torch's CPU SDPA is a flash kernel tuned for long query blocks: for one query over a few hundred keys
+in bf16 it costs several times a plain matmul-softmax-matmul. Decode windows are short, so they take
+the matmul path; long windows (prefill) keep SDPA.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Longest query window that takes the matmul path (measured by bench/attention.py: beyond it SDPA's
+# blocked kernel wins, or the two are within noise).
+MAX_WINDOW = 32
+# CPU GEMM gives a row the same bits for any row count that is a multiple of 8, but not for 1-7 rows
+# (nor, in general, between a multiple of 8 and a count that is not): padding the matmuls' rows to a
+# multiple of 8 keeps a sequence's output independent of how many queries its batch neighbours have.
+ROW_ALIGN = 8
+KEY_CHUNK = 64
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention in the decoder's layout.
+
+    q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D] (Hq a multiple of Hkv: query head h reads KV head h // (Hq/Hkv)),
+    mask [B, 1, Lq, Lk] bool (True = may attend) or None. Returns [B, Lq, Hq, D] in q's dtype.
+    """
+    if q.shape[1] <= MAX_WINDOW:
+        return window_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Same contract as attention(), always on the matmul path.
+
+    Scores, softmax and the weighted sum are all fp32 whatever the model dtype: rounding scores or
+    probabilities to bf16 would be several times further from the fp32 reference than SDPA is (SDPA
+    also keeps scores in fp32). A row with no visible key gives zeros, as SDPA's CPU kernel does.
+    """
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
+    g = hq // hkv
+    rows = g * lq
+    # GQA without repeating K/V: the g query heads sharing a KV head become g * Lq rows of one matmul,
+    # padded with zero rows to a multiple of ROW_ALIGN (see there).
+    qf = q.new_zeros(b, hkv, -(-rows // ROW_ALIGN) * ROW_ALIGN, d, dtype=torch.float32)
+    qf[:, :, :rows].view(b, hkv, g, lq, d).copy_(q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4))
+    # Scaling q rather than the scores: fewer elements, and exact when d is a power of 4 (scale 2^-k).
+    qf.mul_(d ** -0.5)
+    # K and V contiguous per (sequence, KV head) whatever their source layout, so every sequence's
+    # matmuls see one fixed operand layout.
+    keys = k.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    vals = v.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    scores = torch.matmul(qf, keys.transpose(-1, -2))  # [B, Hkv, rows + pad, Lk]
+    if mask is not None:
+        scores[:, :, :rows].view(b, hkv, g, lq, lk).masked_fill_(mask.logical_not()[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        probs.nan_to_num_(0.0)  # fully masked rows: softmax over all -inf is NaN; SDPA gives 0
+    # The weighted sum in fixed chunks of KEY_CHUNK keys, summed in order: one matmul over all Lk keys
+    # blocks its reduction by Lk, so a sequence's bits would depend on its neighbours' lengths. Keys
+    # past Lk are zero-weight chunk padding and add exact zeros.
+    chunks = -(-lk // KEY_CHUNK)
+    pad = chunks * KEY_CHUNK - lk
+    m = probs.shape[2]
+    parts = torch.matmul(F.pad(probs, (0, pad)).view(b, hkv, m, chunks, KEY_CHUNK).transpose(2, 3),
+                         F.pad(vals, (0, 0, 0, pad)).view(b, hkv, chunks, KEY_CHUNK, d))
+    out = parts.sum(dim=2)[:, :, :rows]  # [B, Hkv, g * Lq, D]
+    return out.to(q.dtype).view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d)
