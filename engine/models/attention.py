@@ -51,23 +51,25 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     qf[:, :, :rows].view(b, hkv, g, lq, d).copy_(q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4))
     # Scaling q rather than the scores: fewer elements, and exact when d is a power of 4 (scale 2^-k).
     qf.mul_(d ** -0.5)
-    # K and V contiguous per (sequence, KV head) whatever their source layout, so every sequence's
-    # matmuls see one fixed operand layout.
-    keys = k.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    vals = v.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    scores = torch.matmul(qf, keys.transpose(-1, -2))  # [B, Hkv, rows + pad, Lk]
+    # K and V in fp32, contiguous per (sequence, KV head) and zero-padded to whole chunks of KEY_CHUNK
+    # keys: every sequence's matmuls and softmax then see one fixed layout and reduction structure (a
+    # row shorter than the vector width takes a scalar exp; one matmul over Lk keys blocks its sum by Lk),
+    # so its bits do not depend on its neighbours' lengths. Padded keys get zero weight: exact zeros.
+    chunks = -(-lk // KEY_CHUNK)
+    keys = k.new_zeros(b, hkv, chunks * KEY_CHUNK, d, dtype=torch.float32)
+    vals = torch.zeros_like(keys)
+    keys[:, :, :lk] = k.transpose(1, 2)
+    vals[:, :, :lk] = v.transpose(1, 2)
+    scores = torch.matmul(qf, keys.transpose(-1, -2))  # [B, Hkv, rows + row padding, chunks * KEY_CHUNK]
+    scores[..., lk:] = float("-inf")
     if mask is not None:
-        scores[:, :, :rows].view(b, hkv, g, lq, lk).masked_fill_(mask.logical_not()[:, :, None], float("-inf"))
+        scores[:, :, :rows, :lk].unflatten(2, (g, lq)).masked_fill_(mask.logical_not()[:, :, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if mask is not None:
         probs.nan_to_num_(0.0)  # fully masked rows: softmax over all -inf is NaN; SDPA gives 0
-    # The weighted sum in fixed chunks of KEY_CHUNK keys, summed in order: one matmul over all Lk keys
-    # blocks its reduction by Lk, so a sequence's bits would depend on its neighbours' lengths. Keys
-    # past Lk are zero-weight chunk padding and add exact zeros.
-    chunks = -(-lk // KEY_CHUNK)
-    pad = chunks * KEY_CHUNK - lk
+    # The weighted sum chunk by chunk, the chunks' sums added in order.
     m = probs.shape[2]
-    parts = torch.matmul(F.pad(probs, (0, pad)).view(b, hkv, m, chunks, KEY_CHUNK).transpose(2, 3),
-                         F.pad(vals, (0, 0, 0, pad)).view(b, hkv, chunks, KEY_CHUNK, d))
+    parts = torch.matmul(probs.view(b, hkv, m, chunks, KEY_CHUNK).transpose(2, 3),
+                         vals.view(b, hkv, chunks, KEY_CHUNK, d))
     out = parts.sum(dim=2)[:, :, :rows]  # [B, Hkv, g * Lq, D]
     return out.to(q.dtype).view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d)
