@@ -1,22 +1,25 @@
 """Attention over a short query window: batched matmuls instead of CPU SDPA where that is faster.
 
-torch's CPU SDPA is a flash kernel tuned for long query blocks: for one query over a few hundred keys
-in bf16 it costs several times a plain matmul-softmax-matmul. Decode windows are short, so they take
-the matmul path; long windows (prefill) keep SDPA.
+torch's (2.13) CPU SDPA is a flash kernel; in half precision with a single query it is several times
+slower than with two queries (one query over 300 keys, SmolLM2 heads: ~300 us vs ~100 us per call),
+and than a plain matmul-softmax-matmul (~160 us). Everywhere else SDPA is as fast or faster than the
+matmul path (bench/attention.py), so only that case takes it.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-# Longest query window that takes the matmul path (measured by bench/attention.py: beyond it SDPA's
-# blocked kernel wins, or the two are within noise).
-MAX_WINDOW = 32
 # CPU GEMM gives a row the same bits for any row count that is a multiple of 8, but not for 1-7 rows
 # (nor, in general, between a multiple of 8 and a count that is not): padding the matmuls' rows to a
 # multiple of 8 keeps a sequence's output independent of how many queries its batch neighbours have.
 ROW_ALIGN = 8
 KEY_CHUNK = 64
+
+
+def use_window(q: torch.Tensor) -> bool:
+    """The matmul path pays only for one-query windows in half precision (measured, see module doc)."""
+    return q.shape[1] == 1 and q.dtype != torch.float32
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -25,7 +28,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D] (Hq a multiple of Hkv: query head h reads KV head h // (Hq/Hkv)),
     mask [B, 1, Lq, Lk] bool (True = may attend) or None. Returns [B, Lq, Hq, D] in q's dtype.
     """
-    if q.shape[1] <= MAX_WINDOW:
+    if use_window(q):
         return window_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
@@ -67,7 +70,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     probs = torch.softmax(scores, dim=-1)
     if mask is not None:
         probs.nan_to_num_(0.0)  # fully masked rows: softmax over all -inf is NaN; SDPA gives 0
-    # The weighted sum chunk by chunk, the chunks' sums added in order.
+    # The weighted sum chunk by chunk (fixed K = KEY_CHUNK per matmul), then over chunks: a neighbour's
+    # longer keys only add whole chunks of zero weight, which add exact zeros.
     m = probs.shape[2]
     parts = torch.matmul(probs.view(b, hkv, m, chunks, KEY_CHUNK).transpose(2, 3),
                          vals.view(b, hkv, chunks, KEY_CHUNK, d))

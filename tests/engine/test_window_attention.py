@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2f.engine.models.attention import MAX_WINDOW, attention, window_attention
+from d2f.engine.models.attention import attention, window_attention
 from d2f.engine.runner import ar_preserving_mask, visible_end
 
 D = 64
@@ -128,7 +128,7 @@ def test_a_sequence_gets_the_same_bits_in_any_batch(dtype, heads):
         q, k, v = _inputs(gen, 1, n, end, HEADS[heads], dtype)
         alone = window_attention(q, k, v, _mask([mine], ar, True))
         # Neighbours with longer windows and caches: this sequence's queries and keys get padded.
-        others = [_window(rng, rng.randrange(1, MAX_WINDOW + 1), True, cached=1300) for _ in range(rng.randrange(1, 8))]
+        others = [_window(rng, rng.randrange(1, 33), True, cached=1300) for _ in range(rng.randrange(1, 8))]
         batch = others + [mine]
         rng.shuffle(batch)
         i = batch.index(mine)
@@ -140,11 +140,11 @@ def test_a_sequence_gets_the_same_bits_in_any_batch(dtype, heads):
         assert torch.equal(got[i, :n], alone[0]), (trial, n, end, lq, lk)
 
 
-def test_dispatch_by_window_length():
+def test_dispatch_takes_the_window_path_only_for_one_half_precision_query():
     gen = torch.Generator().manual_seed(4)
-    for lq in (MAX_WINDOW, MAX_WINDOW + 1):
-        q, k, v = _inputs(gen, 2, lq, 100, HEADS["gqa"], torch.float32)
-        path = window_attention if lq <= MAX_WINDOW else _sdpa
+    for dtype, lq, window in [(torch.bfloat16, 1, True), (torch.bfloat16, 2, False), (torch.float32, 1, False)]:
+        q, k, v = _inputs(gen, 2, lq, 100, HEADS["gqa"], dtype)
+        path = window_attention if window else _sdpa
         assert torch.equal(attention(q, k, v, None), path(q, k, v, None))
 
 
