@@ -25,50 +25,44 @@ from d2f.engine.models.registry import resolve_model  # noqa: E402
 from d2f.engine.config import EngineConfig  # noqa: E402
 from d2f.engine.engine import Engine  # noqa: E402
 from d2f.engine.models import decoder as D  # noqa: E402
+from d2f.engine.models.layer import FUSED, layer_forward, rms_norm  # noqa: E402
 from d2f.engine.params import DecodeParams  # noqa: E402
-
-PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
 
 def install(engine: Engine):
-    """Replace Decoder.forward with a compiled body; returns the compiled callable (for warm-up)."""
+    """Replace Decoder.forward with a compiled body: the shared layer body, with the linears and the paged
+    attention behind opaque custom ops."""
     model, spec = engine.model, engine.spec
     state = {}
-    widths = {"qkv": (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim, "o": spec.hidden_size,
-              "gate_up": 2 * spec.intermediate_size, "down": spec.hidden_size}
+    widths = {f: sum(spec.projection_shape(p)[0] for p in parts) for f, parts in FUSED.items()}
 
     @torch.library.custom_op("d2fbench::linear", mutates_args=())
-    def linear(x: torch.Tensor, li: int, which: int) -> torch.Tensor:
-        return model.layers[li][PROJECTIONS[which]](x)
+    def linear(x: torch.Tensor, li: int, name: str) -> torch.Tensor:
+        return model.layers[li][name](x)
 
     @linear.register_fake
-    def _(x, li, which):
-        return x.new_empty(x.shape[0], widths[PROJECTIONS[which]])
+    def _(x, li, name):
+        return x.new_empty(x.shape[0], widths[name])
 
     # The KV cache is written inside: hidden from the compiler so it never copies the whole cache.
     @torch.library.custom_op("d2fbench::attention", mutates_args=())
-    def attention(q: torch.Tensor, kv_new: torch.Tensor, li: int) -> torch.Tensor:
-        return model._attention(q, kv_new, li, state["kv"], state["batch"])
+    def attention(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return model._attention(li, q, k, v, state["kv"], state["batch"])
 
     @attention.register_fake
-    def _(q, kv_new, li):
+    def _(li, q, k, v):
         return q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
 
-    nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
-    heads = spec.num_heads + spec.num_kv_heads
+    def attend(li, q, k, v):
+        return attention(li, q.contiguous(), k, v)
+
+    def project(li, name, x):
+        return linear(x, li, name)
 
     def body(h, cos, sin):
-        t = h.shape[0]
         for li, layer in enumerate(model.layers):
-            x = D._rms_norm(h, layer["attn_norm"], spec.rms_eps)
-            qkv = linear(x, li, 0)
-            qk = D.rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)
-            kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], 1)
-            h = h + linear(attention(qk[:, :spec.num_heads].contiguous(), kv_new, li), li, 1)
-            x = D._rms_norm(h, layer["mlp_norm"], spec.rms_eps)
-            gate, up = linear(x, li, 2).chunk(2, dim=-1)
-            h = h + linear(F.silu(gate) * up, li, 3)
-        return D._rms_norm(h, model.norm, spec.rms_eps)
+            h = layer_forward(spec, li, layer["attn_norm"], layer["mlp_norm"], h, cos, sin, attend, project)
+        return rms_norm(h, model.norm, spec.rms_eps)
 
     compiled = torch.compile(body, dynamic=True, fullgraph=True)
 

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from d2f.engine.models.checkpoint import link_or_copy, load_weights, read_spec
-from d2f.engine.models.decoder import rope, rope_tables
+from d2f.engine.models.layer import FUSED, fused_weights, layer_forward, rms_norm, rope_tables
 from d2f.engine.models.mask_adapter import FILE as ADAPTER_FILE
-from d2f.engine.models.mask_adapter import PROJECTIONS, projection_shape
 from d2f.engine.models.spec import ModelSpec
 
 from .data import DataError, read_jsonl
@@ -58,70 +57,68 @@ class Config:
 
 
 class Student(torch.nn.Module):
-    """Frozen base weights (fp32) + the trainable mask adapter, with the two passes training needs."""
+    """Frozen base weights (fp32) + the trainable mask adapter, with the two passes training needs.
+
+    The layers are the engine's own layer body (d2f.engine.models.layer) with a plain masked SDPA and
+    differentiable projections; the per-projection base weights are taken out of w, fused as the engine
+    fuses them."""
 
     def __init__(self, spec: ModelSpec, w: dict[str, torch.Tensor], rank: int, mask_id: int, seed: int):
         super().__init__()
-        self.spec, self.w, self.rank = spec, w, rank
+        self.spec, self.rank = spec, rank
         g = torch.Generator().manual_seed(seed)
         self.a = torch.nn.ParameterDict()
         self.b = torch.nn.ParameterDict()
         for li in range(spec.num_layers):
-            for name in PROJECTIONS:
-                o, i = projection_shape(spec, name)
+            for name, (o, i) in spec.projection_shapes().items():
                 key = f"layers_{li}_{name}"  # a ParameterDict key cannot hold dots
                 # B starts at zero: the untrained adapter is the base model fed a mask vector.
                 self.a[key] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
                 self.b[key] = torch.nn.Parameter(torch.zeros(o, rank))
         self.mask_embed = torch.nn.Parameter(w["embed"][mask_id].clone())
+        self.layers = [{"attn_norm": w[f"layers.{li}.attn_norm"], "mlp_norm": w[f"layers.{li}.mlp_norm"],
+                        **fused_weights(spec, w, li)} for li in range(spec.num_layers)]
+        self.w = w  # what is left: embeddings, final norm, head
         self.cos, self.sin = rope_tables(spec)
 
-    def _lin(self, x, li, name, adapt: bool):
-        y = F.linear(x, self.w[f"layers.{li}.{name}"])
-        if adapt:
-            key = f"layers_{li}_{name}"
-            y = y + F.linear(F.linear(x, self.a[key]), self.b[key])
-        return y
+    def _base(self, li: int, fname: str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.layers[li][fname]
+        return F.linear(x, weight, bias)
 
-    def _layer(self, h, li, pos, attend, adapt: bool):
-        """attend(q, k, v) -> attention output; returns (new h, this layer's k and v)."""
-        spec, w = self.spec, self.w
-        t = h.shape[0]
-        x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.attn_norm"], spec.rms_eps)
+    def _adapted(self, li: int, fname: str, x: torch.Tensor) -> torch.Tensor:
+        deltas = [F.linear(F.linear(x, self.a[f"layers_{li}_{p}"]), self.b[f"layers_{li}_{p}"]) for p in FUSED[fname]]
+        return self._base(li, fname, x) + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
+
+    def _forward(self, h, pos, attend, adapt: bool):
+        """Every layer on rows h at positions pos, then the final norm; attend(li, q, k, v) as in layer_forward."""
+        spec, linear = self.spec, self._adapted if adapt else self._base
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
-        q = rope(self._lin(x, li, "q", adapt).view(t, spec.num_heads, spec.head_dim), cos, sin)
-        k = rope(self._lin(x, li, "k", adapt).view(t, spec.num_kv_heads, spec.head_dim), cos, sin)
-        v = self._lin(x, li, "v", adapt).view(t, spec.num_kv_heads, spec.head_dim)
-        h = h + self._lin(attend(q, k, v).reshape(t, -1), li, "o", adapt)
-        x = F.rms_norm(h, (spec.hidden_size,), w[f"layers.{li}.mlp_norm"], spec.rms_eps)
-        h = h + self._lin(F.silu(self._lin(x, li, "gate", adapt)) * self._lin(x, li, "up", adapt), li, "down", adapt)
-        return h, k, v
+        for li, layer in enumerate(self.layers):
+            h = layer_forward(spec, li, layer["attn_norm"], layer["mlp_norm"], h, cos, sin, attend, linear)
+        return rms_norm(h, self.w["norm"], spec.rms_eps)
 
-    def _sdpa(self, q, k, v, mask):
+    @staticmethod
+    def _sdpa(q, k, v, mask):
         out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                                              attn_mask=mask, enable_gqa=True)
-        return out.transpose(0, 1)
+        return out.transpose(0, 1).reshape(q.shape[0], -1)
 
     @torch.no_grad()
     def clean(self, ids, pos, mask):
         """The base model on clean tokens: per-layer K/V and the final hidden states (the teacher)."""
-        h = F.embedding(ids, self.w["embed"])
         kvs = []
-        for li in range(self.spec.num_layers):
-            h, k, v = self._layer(h, li, pos, lambda q, k, v: self._sdpa(q, k, v, mask), adapt=False)
+
+        def attend(li, q, k, v):
             kvs.append((k, v))
-        return kvs, F.rms_norm(h, (self.spec.hidden_size,), self.w["norm"], self.spec.rms_eps)
+            return self._sdpa(q, k, v, mask)
+        return kvs, self._forward(F.embedding(ids, self.w["embed"]), pos, attend, adapt=False)
 
     def masks(self, n, pos, kvs, mask):
         """n mask rows at positions pos attending to [clean keys | mask keys] under mask; final hidden states."""
-        h = self.mask_embed.expand(n, -1)
-        for li in range(self.spec.num_layers):
+        def attend(li, q, k, v):
             ck, cv = kvs[li]
-
-            def attend(q, k, v, ck=ck, cv=cv):
-                return self._sdpa(q, torch.cat([ck, k]), torch.cat([cv, v]), mask)
-            h, _, _ = self._layer(h, li, pos, attend, adapt=True)
-        return F.rms_norm(h, (self.spec.hidden_size,), self.w["norm"], self.spec.rms_eps)
+            return self._sdpa(q, torch.cat([ck, k]), torch.cat([cv, v]), mask)
+        return self._forward(self.mask_embed.expand(n, -1), pos, attend, adapt=True)
 
     def head(self, h):
         return F.linear(h, self.w.get("lm_head", self.w["embed"]))
@@ -129,7 +126,7 @@ class Student(torch.nn.Module):
     def _pairs(self):
         """(the adapter file's name for a projection, its A, its B), e.g. layers.3.gate."""
         for li in range(self.spec.num_layers):
-            for name in PROJECTIONS:
+            for name in self.spec.projection_shapes():
                 yield f"layers.{li}.{name}", self.a[f"layers_{li}_{name}"], self.b[f"layers_{li}_{name}"]
 
     def adapter_state(self) -> dict[str, torch.Tensor]:

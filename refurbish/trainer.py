@@ -11,7 +11,6 @@ Each step's data and noise are seeded by (seed, step), so a resumed run continue
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +209,3 @@ class Refurbisher:
         cfg = self.cfg
         return run_training(self.train_step, self.save, lambda: self.step, cfg.steps, cfg.minutes,
                             cfg.save_every, stream)
-
-
-def summary(path) -> dict:
-    """The saved run's state (used by tests and by `d2f eval` to find the teacher)."""
-    return json.loads((Path(path) / "training" / "state.json").read_text())

@@ -149,16 +149,14 @@ def load_weights(model_dir, spec: ModelSpec, dtype: torch.dtype, device: str,
 
 
 def _check_shapes(w: dict[str, torch.Tensor], spec: ModelSpec, root: Path) -> None:
-    h, d = spec.hidden_size, spec.head_dim
+    h = spec.hidden_size
     expect = {"embed": (spec.vocab_size, h), "norm": (h,)}
     if "lm_head" in w:
         expect["lm_head"] = (spec.vocab_size, h)
     for i in range(spec.num_layers):
         p = f"layers.{i}."
-        expect.update({p + "q": (spec.num_heads * d, h), p + "k": (spec.num_kv_heads * d, h),
-                       p + "v": (spec.num_kv_heads * d, h), p + "o": (h, spec.num_heads * d),
-                       p + "gate": (spec.intermediate_size, h), p + "up": (spec.intermediate_size, h),
-                       p + "down": (h, spec.intermediate_size), p + "attn_norm": (h,), p + "mlp_norm": (h,)})
+        expect.update({p + name: shape for name, shape in spec.projection_shapes().items()})
+        expect.update({p + "attn_norm": (h,), p + "mlp_norm": (h,)})
     for name, shape in expect.items():
         if tuple(w[name].shape) != shape:
             raise CheckpointError(f"{root}: tensor {name} has shape {tuple(w[name].shape)}, config implies {shape}")

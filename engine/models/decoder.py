@@ -1,4 +1,5 @@
-"""The one decoder: RMSNorm, RoPE, GQA attention over a paged KV cache, SwiGLU, optional qkv bias.
+"""The engine's decoder: the shared layer body (layer.py) with GQA attention over a paged KV cache and the
+prepacked Linears, plus the mask adapter's deltas on AR-preserving models.
 
 Tokens of all sequences in a step are packed into one [T, hidden] tensor (no padding between
 sequences) for every matmul; only attention regroups them per sequence.
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .layer import fused_weights, layer_forward, rms_norm, rope_tables
 from .linear import Linear
 from .spec import ModelSpec
 
@@ -43,55 +45,20 @@ class KVCache:
         self.scratch_slot = num_slots
 
 
-def rope_tables(spec: ModelSpec, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_positions, head_dim / 2], computed in fp64 and kept in fp32 whatever the model dtype
-    (LLaDA computes RoPE in fp32)."""
-    half = spec.head_dim // 2
-    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, half, dtype=torch.float64) / half))
-    angles = torch.arange(spec.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of the last dimension, in fp32."""
-    half = x.shape[-1] // 2
-    xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op
-    # Half precision: normalise in fp32, scale after casting back, as the reference models do.
-    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
-
-
 class Decoder(torch.nn.Module):
     def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor]):
         super().__init__()
         self.spec = spec
-        # Fused projections: one matmul for q|k|v and one for gate|up per layer.
         self.embed = weights["embed"]
         self.norm = weights["norm"]
         self.lm_head = Linear(weights.get("lm_head", self.embed))
         self.layers = []
         self.adapter = None  # MaskAdapter of an AR-preserving D2F model, set by the loader
         for i in range(spec.num_layers):
-            p = f"layers.{i}."
-            bias = None
-            if spec.qkv_bias:
-                bias = torch.cat([weights[p + "q_bias"], weights[p + "k_bias"], weights[p + "v_bias"]])
-            self.layers.append({
-                "attn_norm": weights[p + "attn_norm"],
-                "qkv": Linear(torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]]), bias),
-                "o": Linear(weights[p + "o"]),
-                "mlp_norm": weights[p + "mlp_norm"],
-                "gate_up": Linear(torch.cat([weights[p + "gate"], weights[p + "up"]])),
-                "down": Linear(weights[p + "down"]),
-            })
-            for name in ("q", "k", "v", "o", "gate", "up", "down"):
-                weights.pop(p + name, None)  # the fused / packed copies replace them
+            layer = {"attn_norm": weights[f"layers.{i}.attn_norm"], "mlp_norm": weights[f"layers.{i}.mlp_norm"]}
+            for fname, (w, bias) in fused_weights(spec, weights, i).items():
+                layer[fname] = Linear(w, bias)
+            self.layers.append(layer)
         # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
         self.row_invariant = self.lm_head.row_invariant
         self.cos, self.sin = rope_tables(spec, self.embed.device)
@@ -104,10 +71,11 @@ class Decoder(torch.nn.Module):
     def device(self) -> torch.device:
         return self.embed.device
 
-    def _attention(self, q, kv_new, li: int, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
+    def _attention(self, li: int, q, k, v, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
+        """Writes this step's K/V into the paged cache, then attends over each sequence's cached keys."""
         spec = self.spec
         layer_kv = kv.kv[li]
-        layer_kv.index_copy_(0, batch.write_slots, kv_new)
+        layer_kv.index_copy_(0, batch.write_slots, torch.cat([k, v], dim=1))
         b, lq, lk, nkv = batch.num_seqs, batch.q_len, batch.k_len, spec.num_kv_heads
         gathered = layer_kv.index_select(0, batch.gather_slots).view(b, lk, 2 * nkv, spec.head_dim)
         keys, vals = gathered[:, :, :nkv], gathered[:, :, nkv:]
@@ -145,19 +113,13 @@ class Decoder(torch.nn.Module):
             h.index_copy_(0, rows, self.adapter.mask_embed.expand(rows.shape[0], -1))
         cos = self.cos.index_select(0, batch.positions)[:, None, :]
         sin = self.sin.index_select(0, batch.positions)[:, None, :]
-        nq, nkv, hd = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.head_dim
-        t = input_ids.shape[0]
-        heads = spec.num_heads + spec.num_kv_heads
-        for li, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer["attn_norm"], spec.rms_eps)
-            qkv = lin(li, "qkv", x)
-            qk = rope(qkv[:, :nq + nkv].view(t, heads, hd), cos, sin)  # q and k in one pass
-            kv_new = torch.cat([qk[:, spec.num_heads:], qkv[:, nq + nkv:].view(t, spec.num_kv_heads, hd)], dim=1)
-            h = h + lin(li, "o", self._attention(qk[:, :spec.num_heads], kv_new, li, kv, batch))
-            x = _rms_norm(h, layer["mlp_norm"], spec.rms_eps)
-            gate, up = lin(li, "gate_up", x).chunk(2, dim=-1)
-            h = h + lin(li, "down", F.silu(gate) * up)
-        return _rms_norm(h, self.norm, spec.rms_eps)
+
+        def attend(li: int, q, k, v) -> torch.Tensor:
+            return self._attention(li, q, k, v, kv, batch)
+
+        for li, layer in enumerate(layers):
+            h = layer_forward(spec, li, layer["attn_norm"], layer["mlp_norm"], h, cos, sin, attend, lin)
+        return rms_norm(h, self.norm, spec.rms_eps)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -12,20 +12,11 @@ from pathlib import Path
 import torch
 
 from .families import CheckpointError
+from .layer import FUSED
 from .linear import Linear
 from .spec import ModelSpec
 
 FILE = "mask_adapter.safetensors"
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-# The decoder's fused matmuls and the projections each one stacks.
-FUSED = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
-
-
-def projection_shape(spec: ModelSpec, name: str) -> tuple[int, int]:
-    """[out, in] of one projection's weight."""
-    h, d, i = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    return {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
-            "o": (h, spec.num_heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}[name]
 
 
 class MaskAdapter:
@@ -50,7 +41,7 @@ class MaskAdapter:
                     continue
                 a_rows, b_blocks, rank_total = [], [], 0
                 for p, a, b in pairs:
-                    out_f, in_f = projection_shape(spec, p)
+                    out_f, in_f = spec.projection_shape(p)
                     if (a is None) != (b is None):
                         raise CheckpointError(f"{source}: layers.{li}.{p} lacks lora_A or lora_B")
                     if a is None:

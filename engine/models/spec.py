@@ -47,3 +47,12 @@ class ModelSpec:
         if not self.is_d2f:
             return False
         return block_size % self.train_block_size == 0
+
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """[out, in] of each layer's projection weights, in checkpoint order: q k v o gate up down."""
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        return {"q": (self.num_heads * d, h), "k": (self.num_kv_heads * d, h), "v": (self.num_kv_heads * d, h),
+                "o": (h, self.num_heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}
+
+    def projection_shape(self, name: str) -> tuple[int, int]:
+        return self.projection_shapes()[name]

@@ -3,6 +3,7 @@ untouched, the loss goes down, and the output directory is an AR-preserving D2F 
 import json
 import random
 
+import pytest
 import torch
 
 from d2f.engine.models.checkpoint import load_weights, read_spec
@@ -53,9 +54,12 @@ def test_mask_rows_see_only_their_anchor_prefix_and_span(tmp_path):
     assert not b.clean_mask[15, 14] and b.clean_mask[16, 15]  # nothing across examples (the second starts at 15)
 
 
-def test_training_forward_equals_the_engine(tmp_path):
-    """Logits the trainer optimises at a mask row == the served model's logits at that row (fp32)."""
-    base = ck.write_llama(tmp_path / "base", ck.hf_llama(seed=21))
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_training_forward_equals_the_engine(tmp_path, family):
+    """Logits the trainer optimises at a mask row == the served model's logits at that row (fp32); Qwen2
+    has a q/k/v bias."""
+    base = (ck.write_llama(tmp_path / "base", ck.hf_llama(seed=21)) if family == "llama"
+            else ck.write_qwen2(tmp_path / "base", ck.hf_qwen2(seed=21)))
     spec, student = _student(base)
     out = tmp_path / "out"
     cfg = arpreserve.Config(teacher=str(base), data="-", out=str(out), mask_token=MASK, rank=4)
