@@ -21,13 +21,11 @@ def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tu
                      tie_embeddings=True, shift_logits=True, prompt_causal=True, mask_token_id=mask_id,
                      eos_token_ids=[], train_block_size=1, block_size=8)
     g = torch.Generator().manual_seed(seed)
-    h, i, d = spec.hidden_size, spec.intermediate_size, spec.head_dim
+    h = spec.hidden_size
     w = {"embed": torch.randn(spec.vocab_size, h, generator=g) * 0.05, "norm": torch.ones(h)}
     for li in range(spec.num_layers):
         p = f"layers.{li}."
-        shapes = {"q": (spec.num_heads * d, h), "k": (spec.num_kv_heads * d, h), "v": (spec.num_kv_heads * d, h),
-                  "o": (h, spec.num_heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}
-        for name, shape in shapes.items():
+        for name, shape in spec.projection_shapes().items():
             w[p + name] = torch.randn(shape, generator=g) * 0.05
         w[p + "attn_norm"] = torch.ones(h)
         w[p + "mlp_norm"] = torch.ones(h)

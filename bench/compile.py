@@ -20,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from d2f.bench.speed import cached_windows, median_ms  # noqa: E402
+from d2f.bench.speed import cached_windows  # noqa: E402
+from d2f.engine.timing import fastest_generate, median_ms  # noqa: E402
 from d2f.engine.models.registry import resolve_model  # noqa: E402
 from d2f.engine.config import EngineConfig  # noqa: E402
 from d2f.engine.engine import Engine  # noqa: E402
@@ -85,12 +86,9 @@ def forwards(engine: Engine, windows: list[int], repeat: int = 7):
 
 
 def decode(engine: Engine, runs: int = 3):
-    prompt, best, ids = list(range(100, 142)), 0.0, None
-    for _ in range(runs):
-        t = time.perf_counter()
-        ids = engine.generate([prompt], DecodeParams(max_tokens=64, block_size=1, ignore_eos=True))[0].token_ids
-        best = max(best, len(ids) / (time.perf_counter() - t))
-    return round(best, 2), ids
+    t = fastest_generate(engine, [list(range(100, 142))], DecodeParams(max_tokens=64, block_size=1, ignore_eos=True),
+                         runs=runs)
+    return round(t.tokens_per_second, 2), t.outputs[0].token_ids
 
 
 def main():
