@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from d2f.engine.models.attention import attention, window_attention
-from d2f.engine.runner import ar_preserving_mask, visible_end
+from d2f.engine.decoding import ARPreserving
+from d2f.engine.runner import visible_end
 
 D = 64
 HEADS = {"gqa": (9, 3), "mha": (4, 4)}
@@ -54,7 +55,7 @@ def _mask(windows: list[dict], ar: bool, prompt_causal: bool) -> torch.Tensor:
         ends = visible_end(w["seq"], w["start"], w["end"], prompt_causal)
         if ar:
             m = torch.zeros(q_len, k_len, dtype=torch.bool)
-            m[:n] = ar_preserving_mask(w["seq"], w["start"], w["end"], k_len, ends)
+            m[:n] = ARPreserving().attention_rows(w["seq"], w["start"], w["end"], k_len, ends)
             m[n:, 0] = True
         else:
             vis = F.pad(ends, (0, q_len - n), value=1)
