@@ -2,9 +2,13 @@
 Every completed answer equals the same request run alone (fp32 greedy), nothing is lost, the KV pool
 is fully free afterwards, RSS levels off. The 10-minute run for reports: python -m d2f.bench.soak --seconds 600
 """
+import pytest
+
 from d2f.bench import soak
 from d2f.bench.live import LiveServer
 from tests.support.server_fixtures import write_tiny_server_model
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
 def test_soak_keeps_every_answer_exact(tmp_path):

@@ -1,10 +1,13 @@
 """`d2f generate` as users call it."""
+import pytest
 import json
 import subprocess
 import sys
 
 from d2f.engine.params import DecodeParams
 from tests.support.engines import make_engine
+
+pytestmark = pytest.mark.live
 
 
 def _d2f(*args):

@@ -14,6 +14,8 @@ from d2f.server.app import ServerSettings, build_app
 from d2f.bench.live import LiveServer
 from tests.support.server_fixtures import write_tiny_server_model
 
+pytestmark = pytest.mark.live
+
 EXAMPLES = int(os.environ.get("D2F_FUZZ_EXAMPLES", "25"))
 KEY = "fuzz-key"
 

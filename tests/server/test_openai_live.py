@@ -14,6 +14,8 @@ import pytest
 from d2f.bench.live import LiveServer
 from tests.support.server_fixtures import metric_samples, write_tiny_server_model
 
+pytestmark = pytest.mark.live
+
 KEY = "sekret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
