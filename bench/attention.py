@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from d2f.engine.models.attention import window_attention
+from d2f.engine.models.attention import matmul_attention
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -55,7 +55,7 @@ def attention_rows(repeat: int) -> list[dict]:
                     reps = max(20, repeat // (b * max(1, lq // 8)))
                     rows.append({"dtype": name, "cache": cache, "q_len": lq, "batch": b,
                                  "sdpa_us": median_us(lambda: sdpa(q, k, v, mask), reps),
-                                 "window_us": median_us(lambda: window_attention(q, k, v, mask), reps)})
+                                 "matmul_us": median_us(lambda: matmul_attention(q, k, v, mask), reps)})
     return rows
 
 

@@ -9,12 +9,14 @@ from d2f.engine.cli_args import add_dataclass_arguments, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 from d2f.engine.models.decoder import Decoder
+from d2f.engine.models.quant_load import quantize_weights
 from d2f.engine.models.spec import ModelSpec
 from d2f.engine.params import DecodeParams
 from d2f.engine.timing import stepped
 
 
-def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tuple[ModelSpec, Decoder]:
+def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16,
+                   quantization: str = "none") -> tuple[ModelSpec, Decoder]:
     """Random weights with SmolLM2-135M's shapes, served as a D2F model (shifted logits, causal prompt)."""
     spec = ModelSpec(family="llama", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
                      head_dim=64, intermediate_size=1536, rms_eps=1e-5, rope_theta=100000.0, max_positions=2048,
@@ -29,7 +31,9 @@ def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16) -> tu
             w[p + name] = torch.randn(shape, generator=g) * 0.05
         w[p + "attn_norm"] = torch.ones(h)
         w[p + "mlp_norm"] = torch.ones(h)
-    return spec, Decoder(spec, {k: v.to(dtype) for k, v in w.items()})
+    w = {k: v.to(dtype) for k, v in w.items()}
+    quantize_weights(w, spec, quantization, model_dir=None, merged_lora=False)
+    return spec, Decoder(spec, w)
 
 
 @dataclass
@@ -49,7 +53,7 @@ class BatchBench(ShapesBench):
 
 
 def add_arguments(p, cls) -> None:
-    add_dataclass_arguments(p, EngineConfig, include=("dtype",))
+    add_dataclass_arguments(p, EngineConfig, include=("dtype", "quantization"))
     add_dataclass_arguments(p, cls)
 
 
@@ -59,7 +63,7 @@ def config(args, cls):
 
 
 def _engine(cfg: ShapesBench, **kw) -> Engine:
-    spec, model = smollm2_shaped(dtype=cfg.engine.torch_dtype)
+    spec, model = smollm2_shaped(dtype=cfg.engine.torch_dtype, quantization=cfg.engine.quantization)
     return Engine(replace(cfg.engine, **kw), model=(spec, model))
 
 

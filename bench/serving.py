@@ -48,7 +48,8 @@ def in_process(config: EngineConfig, prompt_ids: list[int], max_tokens: int, kno
 
 def serve_args(config: EngineConfig) -> list[str]:
     """`d2f serve` flags for the engine the in-process run uses."""
-    args = ["--model", config.model, "--dtype", config.dtype, "--device", config.device]
+    args = ["--model", config.model, "--dtype", config.dtype, "--device", config.device,
+            "--quantization", config.quantization]
     return args + (["--lora", config.lora] if config.lora else [])
 
 

@@ -95,11 +95,47 @@ def decode_tok_s(engine: Engine, prompt: list[int], params: DecodeParams, runs: 
             "tokens_per_forward": round(best.tokens / max(best.forwards, 1), 3)}
 
 
-def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict | None:
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> list[str]:
+    """The instruction-set extensions that decide which kernels are fast here (Linux /proc/cpuinfo)."""
     try:
-        from llama_cpp import Llama
-    except ImportError:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [isa for isa in ISA_FLAGS if isa in flags]
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
         return None
+    return round(kb / 1024, 1)
+
+
+def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict | None:
+    """llama.cpp on the same GGUF in a child process of its own, so its resident memory is its own."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    res = subprocess.run([sys.executable, "-m", "d2f.bench.speed", gguf, json.dumps(prompt_ids), str(max_tokens),
+                          str(threads)], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+    return json.loads(res.stdout)
+
+
+def _llama_cpp_child(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict:
+    from llama_cpp import Llama
+
     llm = Llama(model_path=gguf, n_threads=threads, n_ctx=2048, verbose=False)
     best = None
     for _ in range(2):
@@ -116,6 +152,7 @@ def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: 
                 "tokens": n}
         if best is None or rate["tok_s"] > best["tok_s"]:
             best = rate
+    best["rss_mb"] = rss_mb()
     return best
 
 
@@ -136,7 +173,9 @@ def run(cfg: SpeedConfig) -> dict:
               "dtype": str(engine.model.dtype).removeprefix("torch."), "threads": threads,
               "prompt_tokens": len(prompt), "max_tokens": cfg.max_tokens,
               # bf16 is only fast where oneDNN runs it natively (AVX512-BF16/AMX); elsewhere it is emulated
-              "native_bf16": onednn_supported(torch.bfloat16, "cpu")}
+              "native_bf16": onednn_supported(torch.bfloat16, "cpu"), "isa": cpu_isa(),
+              "quantization": engine.model.quantization, "kv_cache_mb": cfg.engine.kv_budget_bytes() >> 20,
+              "rss_mb_after_load": rss_mb()}
     result["gemv_floor_ms"] = gemv_floor_ms(engine)
     result["fwd_ms"] = forward_ms(engine, cfg.cache_len, [1, 4, 8, 16, 32])
     if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
@@ -157,8 +196,10 @@ def run(cfg: SpeedConfig) -> dict:
     fwd = result["fwd_ms"]
     result["ratios"] = {
         "fwd1_over_floor": round(fwd["1"] / result["gemv_floor_ms"], 2),
+        "fwd4_over_fwd1": round(fwd["4"] / fwd["1"], 2),
         "fwd16_over_fwd1": round(fwd["16"] / fwd["1"], 2),
     }
+    result["rss_mb"] = rss_mb()
     lc = result["llama_cpp_tok_s"]
     if lc:
         result["ratios"]["ar_over_llama_cpp"] = round(result["ar_tok_s"]["tok_s"] / lc["tok_s"], 2)
@@ -167,3 +208,9 @@ def run(cfg: SpeedConfig) -> dict:
             result["ratios"]["d2f_balanced_over_llama_cpp"] = round(bal / lc["tok_s"], 2)
     return result
 
+
+if __name__ == "__main__":  # the llama.cpp child of llama_cpp_tok_s
+    import json
+    import sys
+
+    print(json.dumps(_llama_cpp_child(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))

@@ -108,7 +108,7 @@ def from_args(cls, args: argparse.Namespace, **overrides):
 
 
 # The engine's flags every command that loads a model offers, and those only the server needs.
-MODEL_FIELDS = ("model", "lora", "dtype", "device")
+MODEL_FIELDS = ("model", "lora", "dtype", "device", "quantization")
 CAPACITY_FIELDS = ("kv_cache_memory", "max_num_seqs", "max_num_batched_tokens", "max_model_len")
 
 

@@ -28,6 +28,10 @@ class EngineConfig:
     max_num_batched_tokens: int = field(default=2048, metadata={
         "help": "tokens per forward (long causal prompts are chunked to this)"})
     max_model_len: int | None = field(default=None, metadata={"help": "context limit (default: the model's)"})
+    quantization: str = field(default="none", metadata={
+        "help": "weight-only quantization of every layer's matrices: none | int8 (per output channel) | int4 "
+                "(groups of 32; the embedded model's own Q4_1 blocks). The head stays in --dtype",
+        "choices": ("none", "int8", "int4")})
     seed: int = field(default=0, metadata={"help": "sampling seed of requests that bring none"})
 
     def __post_init__(self):
@@ -42,6 +46,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_memory is not None and self.kv_cache_memory < 1:
             raise ValueError(f"kv_cache_memory must be positive bytes, got {self.kv_cache_memory}")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise ValueError(f"quantization must be none, int8 or int4, got {self.quantization!r}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
 

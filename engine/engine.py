@@ -31,7 +31,8 @@ class Engine:
     def __init__(self, config: EngineConfig, model=None):
         self.config = config
         if model is None:
-            self.spec, self.model = load_model(config.model, config.torch_dtype, config.device, config.lora)
+            self.spec, self.model = load_model(config.model, config.torch_dtype, config.device, config.lora,
+                                               config.quantization)
         else:
             self.spec, self.model = model
         spec = self.spec

@@ -7,7 +7,7 @@ import torch
 
 from .decoding import Algorithm
 from .kv_cache import PagePool
-from .models.decoder import AttnBatch, Decoder, KVCache
+from .models.decoder import AttnBatch, Decoder, KVCache, SeqWindow
 from .sequence import Sequence
 
 # Without row-invariant kernels (F.linear), row counts are padded to a multiple of this: CPU GEMM
@@ -57,39 +57,31 @@ class Runner:
 
     def run(self, works: list[Work]) -> list[torch.Tensor]:
         """One forward over every window; returns fp32 logits [len(w.predict), V] per work item."""
-        b = len(works)
-        q_len = max(w.end - w.start for w in works)
-        k_len = max(w.end for w in works)
-        ids, pos, write, qrows, gather, masks, adapter_rows = [], [], [], [], [], [], []
+        ids, pos, write, windows, adapter_rows = [], [], [], [], []
         offset = 0
-        for i, w in enumerate(works):
+        dev = self.device
+        for w in works:
             n = w.end - w.start
             slots = self._slot_tensor(w.seq, w.end)
             ids.append(torch.tensor(w.seq.tokens[w.start:w.end], dtype=torch.long))
             pos.append(torch.arange(w.start, w.end))
             write.append(slots[w.start:])
-            qrows.append(torch.arange(i * q_len, i * q_len + n))
-            gather.append(torch.nn.functional.pad(slots, (0, k_len - w.end), value=self.kv.scratch_slot))
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
-            m = torch.zeros(q_len, k_len, dtype=torch.bool)
-            m[:n] = self.algorithm.attention_rows(w.seq, w.start, w.end, k_len, ends)
-            m[n:, 0] = True  # padded rows see key 0
-            masks.append(m)
+            m = self.algorithm.attention_rows(w.seq, w.start, w.end, w.end, ends)
+            pages = w.seq.pages
+            if pages[-1] - pages[0] == len(pages) - 1 and pages == list(range(pages[0], pages[-1] + 1)):
+                keys = slice(pages[0] * self.pool.page_size, pages[0] * self.pool.page_size + w.end)
+            else:
+                keys = slots.to(dev)
+            windows.append(SeqWindow(n, keys, None if bool(m.all()) else m[None, None].to(dev)))
             adapter_rows.extend(offset + j for j in self.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n
-        total = sum(len(x) for x in ids)
-        pad = self._align(total) - total
+        pad = self._align(offset) - offset
         ids.append(torch.zeros(pad, dtype=torch.long))
         pos.append(torch.zeros(pad, dtype=torch.long))
         write.append(torch.full((pad,), self.kv.scratch_slot, dtype=torch.long))
-        qrows.append(torch.full((pad,), b * q_len, dtype=torch.long))
-        mask = torch.stack(masks)
-        dev = self.device
         batch = AttnBatch(
-            positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev),
-            gather_slots=torch.cat(gather).to(dev), query_rows=torch.cat(qrows).to(dev),
-            mask=None if bool(mask.all()) else mask[:, None].to(dev),
-            num_seqs=b, q_len=q_len, k_len=k_len,
+            positions=torch.cat(pos).to(dev), write_slots=torch.cat(write).to(dev), windows=windows,
             adapter_rows=torch.tensor(adapter_rows, dtype=torch.long, device=dev) if adapter_rows else None)
         hidden = self.model(torch.cat(ids).to(dev), batch, self.kv)
         return self._logits(works, hidden)

@@ -26,7 +26,7 @@ from .hfmodel import load_hf
 
 @dataclass
 class EvalConfig:
-    engine: EngineConfig  # the D2F model; the reference runs with the same dtype, device and KV pool
+    engine: EngineConfig  # the D2F model; the reference runs with the same dtype, device and KV pool, unquantized
     prompts: str = field(metadata={"help": "held-out prompts: text (one a line) or JSONL"})
     knobs: str = field(default="0.95,0.9,0.85", metadata={
         "help": "comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
@@ -112,7 +112,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not reference:
         raise ValueError("--reference-model is needed (the checkpoint records no teacher)")
     engine = Engine(cfg.engine)
-    ar_engine = Engine(replace(cfg.engine, model=reference, lora=None))
+    # The reference is the exact model: unquantized whatever --quantization does to the evaluated one.
+    ar_engine = Engine(replace(cfg.engine, model=reference, lora=None, quantization="none"))
     if not ar_engine.spec.shift_logits:
         raise ValueError(f"{reference}: the reference must be a shifted-logit (AR-decodable) model, not LLaDA")
     tok = load_tokenizer(model) or load_tokenizer(reference)

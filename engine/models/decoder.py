@@ -11,9 +11,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .attention import attention
 from .layer import fused_weights, layer_forward, rms_norm, rope_tables
 from .linear import Linear
+from .quant import quantized_linear
 from .spec import ModelSpec
+
+
+@dataclass(slots=True)
+class SeqWindow:
+    """One sequence's part of the packed step, as attention sees it: exactly the shapes it has alone."""
+    rows: int                  # its packed rows start at the sum of the earlier windows' rows
+    # KV slots of every key it attends over (cached prefix + this window): [Lk] indices, or a slice when
+    # its pages are consecutive, so its keys are a view of the cache instead of a gathered copy.
+    slots: torch.Tensor | slice
+    mask: torch.Tensor | None  # [1, 1, rows, Lk] bool, True = may attend; None = attend to all
 
 
 @dataclass(slots=True)
@@ -21,12 +33,7 @@ class AttnBatch:
     """Where each packed token goes for attention; built by the runner once per step."""
     positions: torch.Tensor     # [T] absolute position ids (padding rows: 0)
     write_slots: torch.Tensor   # [T] KV slot each token's K/V is written to (padding: the scratch slot)
-    gather_slots: torch.Tensor  # [B * Lk] KV slots of each sequence's keys, padded per sequence
-    query_rows: torch.Tensor    # [T] row of each packed token in the padded [B * Lq] query grid
-    mask: torch.Tensor | None   # [B, 1, Lq, Lk] bool, True = may attend; None = attend to all
-    num_seqs: int
-    q_len: int
-    k_len: int
+    windows: list[SeqWindow]    # per sequence, in packed order; padding rows (if any) come after them all
     adapter_rows: torch.Tensor | None = None  # [M] packed rows holding a mask (AR-preserving models)
 
 
@@ -54,13 +61,16 @@ class Decoder(torch.nn.Module):
         self.lm_head = Linear(weights.get("lm_head", self.embed))
         self.layers = []
         self.adapter = None  # MaskAdapter of an AR-preserving D2F model, set by the loader
+        self.quantization = "none"  # what the loader applied (quant_load)
         for i in range(spec.num_layers):
             layer = {"attn_norm": weights[f"layers.{i}.attn_norm"], "mlp_norm": weights[f"layers.{i}.mlp_norm"]}
             for fname, (w, bias) in fused_weights(spec, weights, i).items():
-                layer[fname] = Linear(w, bias)
+                layer[fname] = Linear(w, bias) if isinstance(w, torch.Tensor) else \
+                    quantized_linear(w, self.embed.dtype, bias, self.embed.device)
             self.layers.append(layer)
         # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
-        self.row_invariant = self.lm_head.row_invariant
+        self.row_invariant = self.lm_head.row_invariant and all(
+            lin.row_invariant for layer in self.layers for name, lin in layer.items() if not name.endswith("norm"))
         self.cos, self.sin = rope_tables(spec, self.embed.device)
 
     @property
@@ -72,29 +82,25 @@ class Decoder(torch.nn.Module):
         return self.embed.device
 
     def _attention(self, li: int, q, k, v, kv: KVCache, batch: AttnBatch) -> torch.Tensor:
-        """Writes this step's K/V into the paged cache, then attends over each sequence's cached keys."""
+        """Writes this step's K/V into the paged cache, then attends each sequence over its own keys.
+
+        Each sequence is attended with exactly the shapes it would have alone (no padding to its
+        neighbours' lengths), so its bits cannot depend on what else is in the batch: CPU SDPA's output
+        changes with padded query and key lengths (by up to 1e-3 in bf16, enough to flip a token).
+        """
         spec = self.spec
         layer_kv = kv.kv[li]
         layer_kv.index_copy_(0, batch.write_slots, torch.cat([k, v], dim=1))
-        b, lq, lk, nkv = batch.num_seqs, batch.q_len, batch.k_len, spec.num_kv_heads
-        gathered = layer_kv.index_select(0, batch.gather_slots).view(b, lk, 2 * nkv, spec.head_dim)
-        keys, vals = gathered[:, :, :nkv], gathered[:, :, nkv:]
-        direct = b == 1 and q.shape[0] == lq  # one sequence, no padding rows: no regrouping needed
-        if direct:
-            queries = q.reshape(1, lq, spec.num_heads, spec.head_dim)
-        else:
-            grid = q.new_zeros(b * lq + 1, spec.num_heads, spec.head_dim)
-            grid.index_copy_(0, batch.query_rows, q)
-            queries = grid[:-1].view(b, lq, spec.num_heads, spec.head_dim)
-        out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
-            attn_mask=batch.mask, enable_gqa=spec.num_heads != spec.num_kv_heads)
-        out = out.transpose(1, 2).reshape(b * lq, spec.num_heads * spec.head_dim)
-        if direct:
-            return out
-        # Padding rows of the packed batch read the appended zero row.
-        out = torch.cat([out, out.new_zeros(1, out.shape[1])])
-        return out.index_select(0, batch.query_rows)
+        nkv, hd = spec.num_kv_heads, spec.head_dim
+        out, start = [], 0
+        for w in batch.windows:
+            keys = (layer_kv[w.slots] if isinstance(w.slots, slice) else layer_kv.index_select(0, w.slots))[None]
+            queries = q[start:start + w.rows].view(1, w.rows, spec.num_heads, hd)
+            out.append(attention(queries, keys[:, :, :nkv], keys[:, :, nkv:], w.mask).reshape(w.rows, -1))
+            start += w.rows
+        if start < q.shape[0]:  # alignment padding rows: zeros
+            out.append(q.new_zeros(q.shape[0] - start, spec.num_heads * hd))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:

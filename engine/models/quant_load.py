@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 
 from .quant import Int4Weights, quantize
 from .spec import ModelSpec
@@ -41,19 +40,20 @@ def _load_blocks(path: Path, names: dict[str, str]) -> dict[str, Int4Weights]:
             for ours, theirs in names.items() if theirs + ".q4" in t}
 
 
-def quantize_weights(weights: dict, spec: ModelSpec, mode: str, model_dir, merged_lora: bool) -> None:
-    """Replace each layer projection in `weights` (internal names) by Int8Weights / Int4Weights in place."""
-    if mode == "none":
-        return
+def quantize_weights(weights: dict, spec: ModelSpec, mode: str, model_dir, merged_lora: bool) -> str:
+    """Replace each layer projection in `weights` (internal names) by Int8Weights / Int4Weights in place;
+    returns the mode applied."""
     if mode not in MODES:
         raise ValueError(f"quantization must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "none":
+        return mode
     from .families import source_names
 
     names = {f"layers.{i}.{p}": None for i in range(spec.num_layers) for p in PROJECTIONS}
     src = source_names(spec)
     blocks = {}
-    path = Path(model_dir) / BLOCKS_FILE
-    if mode == "int4" and not merged_lora and path.is_file():
+    path = Path(model_dir) / BLOCKS_FILE if model_dir else None
+    if mode == "int4" and not merged_lora and path is not None and path.is_file():
         blocks = _load_blocks(path, {ours: src[ours] for ours in names})
     for name in names:
         weights[name] = blocks[name] if name in blocks else quantize(weights[name].float(), mode, GROUP_SIZE)
@@ -62,3 +62,4 @@ def quantize_weights(weights: dict, spec: ModelSpec, mode: str, model_dir, merge
             f"{len(blocks)} of {len(names)} matrices from the checkpoint's own Q4_1 blocks"
             if blocks else "round-to-nearest at load")
     log.info("quantization: %s; head and embedding in %s", how, str(weights["embed"].dtype).removeprefix("torch."))
+    return mode

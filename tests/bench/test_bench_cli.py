@@ -29,7 +29,8 @@ def test_flags_reach_the_benchmark_config():
     assert cfg.engine.dtype == "fp32" and cfg.concurrency == [2, 3] and cfg.block_size == 4
     assert cfg.max_tokens == 64 and cfg.prompt_len == 42
     cfg = serving.config(_parse("serving", "--model", "/m", "--lora", "/a", "--device", "cpu"))
-    assert serving.serve_args(cfg.engine) == ["--model", "/m", "--dtype", "auto", "--device", "cpu", "--lora", "/a"]
+    assert serving.serve_args(cfg.engine) == ["--model", "/m", "--dtype", "auto", "--device", "cpu",
+                                             "--quantization", "none", "--lora", "/a"]
     assert cfg.concurrency == [1, 8, 32] and cfg.block_size is None
 
 

@@ -9,9 +9,9 @@ from tests.support import checkpoints as ck
 WINDOWS = ["1", "4", "8", "16", "32"]
 
 
-def _bench(model_dir, capsys) -> dict:
+def _bench(model_dir, capsys, *extra) -> dict:
     assert main(["bench", "speed", "--model", str(model_dir), "--dtype", "fp32", "--max-tokens", "6",
-                 "--cache-len", "40"]) == 0
+                 "--cache-len", "40", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -23,12 +23,22 @@ def _check_common(r: dict) -> None:
     assert r["llama_cpp_tok_s"] is None  # no GGUF for a checkpoint directory
     assert r["ratios"]["fwd1_over_floor"] == round(r["fwd_ms"]["1"] / r["gemv_floor_ms"], 2)
     assert r["ratios"]["fwd16_over_fwd1"] == round(r["fwd_ms"]["16"] / r["fwd_ms"]["1"], 2)
+    assert r["ratios"]["fwd4_over_fwd1"] == round(r["fwd_ms"]["4"] / r["fwd_ms"]["1"], 2)
+    assert set(r["isa"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
+    assert r["rss_mb"] >= r["rss_mb_after_load"] > 0 and r["kv_cache_mb"] == 1024
 
 
 def test_ar_checkpoint(tmp_path, capsys):
     r = _bench(ck.write_llama(tmp_path / "ar", ck.hf_llama(seed=3)), capsys)
     _check_common(r)
     assert r["d2f_tok_s"] is None and "fwd_ms_without_adapter" not in r
+    assert r["quantization"] == "none"
+
+
+def test_quantized_checkpoint(tmp_path, capsys):
+    r = _bench(ck.write_llama(tmp_path / "ar", ck.hf_llama(seed=3)), capsys, "--quantization", "int8")
+    _check_common(r)
+    assert r["quantization"] == "int8"
 
 
 @pytest.mark.parametrize("ar_preserving", [False, True])

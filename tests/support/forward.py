@@ -1,15 +1,14 @@
 """One full-sequence forward of our decoder with an explicit mask: the shape the model tests compare."""
 import torch
 
-from d2f.engine.models.decoder import AttnBatch, KVCache
+from d2f.engine.models.decoder import AttnBatch, KVCache, SeqWindow
 
 
 def full_forward(model, ids: list[int], mask: torch.Tensor) -> torch.Tensor:
     n = len(ids)
     kv = KVCache(model.spec, n, model.dtype, "cpu")
     ar = torch.arange(n)
-    batch = AttnBatch(positions=ar, write_slots=ar, gather_slots=ar, query_rows=ar, mask=mask[None, None],
-                      num_seqs=1, q_len=n, k_len=n)
+    batch = AttnBatch(positions=ar, write_slots=ar, windows=[SeqWindow(n, ar, mask[None, None])])
     return model.logits(model(torch.tensor(ids), batch, kv))
 
 

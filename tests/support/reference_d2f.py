@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from d2f.engine.models.decoder import AttnBatch, KVCache
+from d2f.engine.models.decoder import AttnBatch, KVCache, SeqWindow
 
 
 def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_causal: bool,
@@ -31,9 +31,8 @@ def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_ca
         mask = torch.where(m[:, None], mask, clean_rule)
         rows = m.nonzero().flatten()
     kv = KVCache(model.spec, n, model.dtype, "cpu")
-    batch = AttnBatch(positions=torch.arange(n), write_slots=torch.arange(n), gather_slots=torch.arange(n),
-                      query_rows=torch.arange(n), mask=mask[None, None], num_seqs=1, q_len=n, k_len=n,
-                      adapter_rows=rows)
+    batch = AttnBatch(positions=torch.arange(n), write_slots=torch.arange(n),
+                      windows=[SeqWindow(n, torch.arange(n), mask[None, None])], adapter_rows=rows)
     hidden = model(torch.tensor(tokens), batch, kv)
     return model.logits(hidden)
 
