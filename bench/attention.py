@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from d2f.engine.models.attention import matmul_attention
+from d2f.engine.timing import median_ms
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def median_us(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return round(1e6 * statistics.median(times), 1)
+    return round(1000 * median_ms(fn, repeat), 1)
 
 
 def sdpa(q, k, v, mask):

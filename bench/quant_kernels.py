@@ -19,7 +19,7 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from d2f.bench.speed import median_ms
+from d2f.engine.timing import median_ms
 from d2f.engine.models.linear import Linear, onednn_supported
 from d2f.engine.models.quant import Int4Linear, Int4Weights, Int8Linear, Int8Weights
 
