@@ -95,8 +95,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
     args = ap.parse_args()
-    engine = Engine(EngineConfig(model=resolve_model(args.model), dtype=args.dtype, kv_cache_memory=1 << 30))
+    engine = Engine(EngineConfig(model=resolve_model(args.model), dtype=args.dtype, quantization=args.quantization,
+                                 kv_cache_memory=1 << 30))
     if engine.model.adapter is not None:
         sys.exit("bench_compile: plain (non-AR-preserving) models only; the mask adapter is not traced")
     windows = [1, 2, 4, 8, 16, 32]
@@ -109,7 +111,8 @@ def main():
     comp_ms, comp_logits = forwards(engine, windows)
     comp_tok_s, comp_ids = decode(engine)
     print(json.dumps({
-        "benchmark": "compile_glue", "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "benchmark": "compile_glue", "dtype": args.dtype, "quantization": args.quantization,
+        "threads": torch.get_num_threads(),
         "compile_and_warmup_s": round(compile_s, 1),
         "eager_fwd_ms": eager_ms, "compiled_fwd_ms": comp_ms,
         "eager_ar_tok_s": eager_tok_s, "compiled_ar_tok_s": comp_tok_s,
