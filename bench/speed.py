@@ -201,7 +201,7 @@ def run(cfg: SpeedConfig) -> dict:
     }
     result["rss_mb"] = rss_mb()
     lc = result["llama_cpp_tok_s"]
-    if lc:
+    if lc and "tok_s" in lc:  # a failed llama.cpp child reports {"error": ...}
         result["ratios"]["ar_over_llama_cpp"] = round(result["ar_tok_s"]["tok_s"] / lc["tok_s"], 2)
         if result["d2f_tok_s"]:
             bal = result["d2f_tok_s"]["balanced"]["tok_s"]

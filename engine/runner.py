@@ -69,7 +69,7 @@ class Runner:
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
             m = self.algorithm.attention_rows(w.seq, w.start, w.end, w.end, ends)
             pages = w.seq.pages
-            if pages[-1] - pages[0] == len(pages) - 1 and pages == list(range(pages[0], pages[-1] + 1)):
+            if pages == list(range(pages[0], pages[0] + len(pages))):
                 keys = slice(pages[0] * self.pool.page_size, pages[0] * self.pool.page_size + w.end)
             else:
                 keys = slots.to(dev)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attention
-from .layer import fused_weights, layer_forward, rms_norm, rope_tables
+from .layer import FUSED, fused_weights, layer_forward, rms_norm, rope_tables
 from .linear import Linear
 from .quant import quantized_linear
 from .spec import ModelSpec
@@ -70,7 +70,7 @@ class Decoder(torch.nn.Module):
             self.layers.append(layer)
         # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
         self.row_invariant = self.lm_head.row_invariant and all(
-            lin.row_invariant for layer in self.layers for name, lin in layer.items() if not name.endswith("norm"))
+            layer[name].row_invariant for layer in self.layers for name in FUSED)
         self.cos, self.sin = rope_tables(spec, self.embed.device)
 
     @property

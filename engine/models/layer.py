@@ -34,9 +34,10 @@ def fused_weights(spec: ModelSpec, weights: dict[str, torch.Tensor], li: int
         bias = None
         if fname == "qkv" and spec.qkv_bias:
             bias = torch.cat([weights[p + name + "_bias"] for name in parts])
-        if len(ws) > 1:  # a quantized matrix (Int8Weights / Int4Weights) stacks by its own rule
-            ws = [torch.cat(ws) if isinstance(ws[0], torch.Tensor) else type(ws[0]).cat(ws)]
-        out[fname] = (ws[0], bias)
+        if len(ws) == 1:
+            out[fname] = (ws[0], bias)
+        else:  # a quantized matrix (Int8Weights / Int4Weights) stacks by its own rule
+            out[fname] = (torch.cat(ws) if isinstance(ws[0], torch.Tensor) else type(ws[0]).cat(ws), bias)
     return out
 
 

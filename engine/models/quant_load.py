@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 from .quant import Int4Weights, quantize
 from .spec import ModelSpec
 
@@ -20,7 +19,6 @@ log = logging.getLogger("d2f.engine")
 MODES = ("none", "int8", "int4")
 GROUP_SIZE = 32  # GGUF's Q4_1/Q4_0 block; every hidden and intermediate size we serve is a multiple of it
 BLOCKS_FILE = "model.q4_1.safetensors"  # per HF weight name: .q4 (uint8 [out, in/2]), .scale, .min (fp16)
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def save_blocks(blocks: dict[str, Int4Weights], path: Path) -> None:
@@ -49,7 +47,7 @@ def quantize_weights(weights: dict, spec: ModelSpec, mode: str, model_dir, merge
         return mode
     from .families import source_names
 
-    names = {f"layers.{i}.{p}": None for i in range(spec.num_layers) for p in PROJECTIONS}
+    names = [f"layers.{i}.{p}" for i in range(spec.num_layers) for p in spec.projection_shapes()]
     src = source_names(spec)
     blocks = {}
     path = Path(model_dir) / BLOCKS_FILE if model_dir else None
