@@ -25,7 +25,7 @@ def _check_common(r: dict) -> None:
     assert r["ratios"]["fwd16_over_fwd1"] == round(r["fwd_ms"]["16"] / r["fwd_ms"]["1"], 2)
     assert r["ratios"]["fwd4_over_fwd1"] == round(r["fwd_ms"]["4"] / r["fwd_ms"]["1"], 2)
     assert set(r["isa"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
-    assert r["rss_mb"] >= r["rss_mb_after_load"] > 0 and r["kv_cache_mb"] == 1024
+    assert r["rss_mb"] > 0 and r["rss_mb_after_load"] > 0 and r["kv_cache_mb"] == 1024  # RSS may shrink: no order
 
 
 def test_ar_checkpoint(tmp_path, capsys):

@@ -4,59 +4,18 @@ import random
 import pytest
 
 from d2f.engine.params import DecodeParams
-from tests.support.checkpoints import VOCAB
+from tests.support.batching import random_requests, run_alone, run_staggered
 from tests.support.engines import make_engine
-
-
-def _requests(seed: int, n: int, blocks=(4, 8)):
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        prompt = [rng.randrange(3, VOCAB - 1) for _ in range(rng.randrange(1, 14))]
-        block = rng.choice(blocks)
-        params = DecodeParams(max_tokens=rng.randrange(1, 20), block_size=block, ignore_eos=rng.random() < 0.5,
-                              tau_add=rng.choice([0.0, 0.1, 0.5]), tau_act=rng.choice([0.5, 0.9, 0.95]),
-                              tau_conf=rng.choice([0.1, 0.5, 0.9]))
-        if rng.random() < 0.3:
-            params.temperature, params.seed, params.top_k = 0.8, rng.randrange(1000), 30
-        out.append((f"r{seed}-{i}", prompt, params))
-    return out
-
-
-def _alone(path, reqs):
-    eng = make_engine(path)
-    return {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
-
-
-def _run_staggered(eng, reqs, abort_ids=(), join_every=2):
-    """Requests join a few steps apart; some are aborted mid-flight. Returns final tokens per request."""
-    pending, done = list(reqs), {}
-    step = 0
-    while pending or eng.has_unfinished():
-        if pending and step % join_every == 0:
-            rid, prompt, params = pending.pop(0)
-            eng.add_request(rid, prompt, params)
-        for out in eng.step():
-            if out.finished:
-                done[out.request_id] = out
-        step += 1
-        for rid in abort_ids:  # abort mid-flight: after its first forward
-            seq = eng.requests.get(rid)
-            if seq is not None and seq.num_forwards >= 1:
-                out = eng.abort(rid)
-                assert out.finish_reason == "abort" and out.finished
-                done[rid] = out
-    return done
 
 
 @pytest.mark.parametrize("family", ["llada", "dream", "llama_d2f"])
 def test_batched_equals_alone(ckpt_dirs, family):
     blocks = {"llada": (4, 8), "dream": (1, 4, 8), "llama_d2f": (1, 2, 4)}[family]
-    reqs = _requests(seed=len(family), n=10, blocks=blocks)
-    alone = _alone(ckpt_dirs[family], reqs)
+    reqs = random_requests(seed=len(family), n=10, blocks=blocks)
+    alone = run_alone(ckpt_dirs[family], reqs)
     eng = make_engine(ckpt_dirs[family])
     aborted = {reqs[1][0], reqs[4][0]}
-    done = _run_staggered(eng, reqs, abort_ids=aborted)
+    done = run_staggered(eng, reqs, abort_ids=aborted)
     assert sum(done[rid].finish_reason == "abort" for rid in aborted) >= 1
     for rid, _, _ in reqs:
         if rid in aborted:
@@ -66,39 +25,39 @@ def test_batched_equals_alone(ckpt_dirs, family):
 
 
 def test_ar_batch_of_mixed_lengths_equals_alone(ckpt_dirs):
-    reqs = _requests(seed=5, n=12, blocks=(1,))
-    alone = _alone(ckpt_dirs["qwen2"], reqs)
+    reqs = random_requests(seed=5, n=12, blocks=(1,))
+    alone = run_alone(ckpt_dirs["qwen2"], reqs)
     eng = make_engine(ckpt_dirs["qwen2"])
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
 
 
 def test_preemption_under_a_tiny_pool_keeps_answers(ckpt_dirs):
-    reqs = _requests(seed=7, n=8, blocks=(1, 4))
+    reqs = random_requests(seed=7, n=8, blocks=(1, 4))
     for _, _, p in reqs:
         p.max_tokens = 16
-    alone = _alone(ckpt_dirs["dream"], reqs)
+    alone = run_alone(ckpt_dirs["dream"], reqs)
     # 512 bytes of K/V per token here; 12 pages of 4 tokens hold ~2 requests at once.
     eng = make_engine(ckpt_dirs["dream"], kv_cache_memory=12 * 4 * 512, page_size=4)
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert eng.scheduler.num_preemptions > 0
     assert {rid: o.token_ids for rid, o in done.items()} == alone
     assert eng.pool.num_free == eng.pool.num_pages
 
 
 def test_chunked_prefill_of_causal_prompt_is_exact(ckpt_dirs):
-    reqs = _requests(seed=9, n=6, blocks=(1,))
+    reqs = random_requests(seed=9, n=6, blocks=(1,))
     for i, (_, prompt, _) in enumerate(reqs):
         prompt.extend(range(3, 3 + 20 + i))  # long prompts
-    alone = _alone(ckpt_dirs["llama"], reqs)
+    alone = run_alone(ckpt_dirs["llama"], reqs)
     eng = make_engine(ckpt_dirs["llama"], max_num_batched_tokens=7)
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
 
 
 def test_limits_hold_every_step(ckpt_dirs):
     eng = make_engine(ckpt_dirs["llada"], max_num_seqs=3, max_num_batched_tokens=40)
-    for rid, prompt, params in _requests(seed=11, n=9):
+    for rid, prompt, params in random_requests(seed=11, n=9):
         eng.add_request(rid, prompt, params)
     while eng.has_unfinished():
         eng.step()
@@ -124,7 +83,7 @@ def test_fifo_admission(ckpt_dirs):
 def test_no_page_leaks_after_many_random_requests_with_aborts(ckpt_dirs):
     eng = make_engine(ckpt_dirs["dream"], kv_cache_memory=40 * 4 * 512, page_size=4, max_num_seqs=8)
     rng = random.Random(13)
-    reqs = _requests(seed=13, n=200, blocks=(1, 4, 8))
+    reqs = random_requests(seed=13, n=200, blocks=(1, 4, 8))
     finished = 0
     for i, (rid, prompt, params) in enumerate(reqs):
         eng.add_request(rid, prompt, params)
@@ -151,8 +110,8 @@ def test_prompt_that_can_never_fit_is_refused(ckpt_dirs):
 
 
 def test_fault_in_one_sequence_fails_only_that_request(ckpt_dirs, monkeypatch):
-    reqs = _requests(seed=17, n=4, blocks=(4,))
-    alone = _alone(ckpt_dirs["dream"], reqs)
+    reqs = random_requests(seed=17, n=4, blocks=(4,))
+    alone = run_alone(ckpt_dirs["dream"], reqs)
     eng = make_engine(ckpt_dirs["dream"])
     real = eng.algorithm.commit
     victim = reqs[2][0]
@@ -163,17 +122,17 @@ def test_fault_in_one_sequence_fails_only_that_request(ckpt_dirs, monkeypatch):
         return real(seq, *a)
 
     monkeypatch.setattr(eng.algorithm, "commit", flaky)
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert done[victim].finish_reason == "error" and "internal error" in done[victim].error
     assert all(done[rid].token_ids == alone[rid] for rid, _, _ in reqs if rid != victim)
     assert eng.pool.num_free == eng.pool.num_pages
 
 
 def test_failing_forward_is_isolated_to_its_sequence(ckpt_dirs, monkeypatch):
-    reqs = _requests(seed=19, n=3, blocks=(4,))
+    reqs = random_requests(seed=19, n=3, blocks=(4,))
     for _, _, p in reqs:
         p.max_tokens, p.ignore_eos = 12, True  # several forwards each, so they overlap
-    alone = _alone(ckpt_dirs["llada"], reqs)
+    alone = run_alone(ckpt_dirs["llada"], reqs)
     eng = make_engine(ckpt_dirs["llada"])
     victim = reqs[1][0]
     real = eng.runner.run
@@ -184,7 +143,7 @@ def test_failing_forward_is_isolated_to_its_sequence(ckpt_dirs, monkeypatch):
         return real(works)
 
     monkeypatch.setattr(eng.runner, "run", run)
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert done[victim].finish_reason == "error"
     assert all(done[rid].token_ids == alone[rid] for rid, _, _ in reqs if rid != victim)
     assert all(done[rid].finish_reason == "length" for rid, _, _ in reqs if rid != victim)

@@ -9,7 +9,7 @@ from d2f.engine.params import DecodeParams
 from tests.support import checkpoints as ck
 from tests.support.engines import make_engine
 
-from .test_batching import _requests, _run_staggered
+from tests.support.batching import random_requests, run_staggered
 
 
 @pytest.mark.parametrize("family", ["llada", "dream", "llama_d2f", "llama", "qwen2"])
@@ -37,7 +37,7 @@ def test_schedule_only_plans(ckpt_dirs, family, pool):
     """schedule() leaves every sequence's blocks and tokens as they were; what it planned (window,
     predicted positions) is exactly what the sequence holds once the algorithm has begun the Work."""
     blocks = {"dream": (1, 4, 8), "llada": (4, 8), "llama": (1,)}[family]
-    reqs = _requests(seed=23, n=8, blocks=blocks)
+    reqs = random_requests(seed=23, n=8, blocks=blocks)
     kw = {} if pool is None else {"kv_cache_memory": pool, "page_size": 4}
     alone = {rid: make_engine(ckpt_dirs[family]).generate([p], params)[0].token_ids for rid, p, params in reqs}
     eng = make_engine(ckpt_dirs[family], **kw)
@@ -59,7 +59,7 @@ def test_schedule_only_plans(ckpt_dirs, family, pool):
         return real_run(works)
 
     eng.scheduler.schedule, eng.runner.run = schedule, run
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert sum(planned) > len(reqs)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
     if pool is not None:

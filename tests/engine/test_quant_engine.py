@@ -10,7 +10,7 @@ from d2f.engine.models.decoder import Decoder
 from d2f.engine.models.loader import load_model
 from d2f.engine.models.quant import Int4Linear, Int8Linear
 from d2f.engine.params import DecodeParams
-from tests.engine.test_batching import _requests, _run_staggered
+from tests.support.batching import random_requests, run_staggered
 from tests.support.checkpoints import EOS_ID, MASK_ID
 from tests.support.engines import make_engine
 from tests.support.forward import IDS, block_mask, full_forward
@@ -33,10 +33,10 @@ def test_every_layer_matrix_is_quantized(ckpt_dirs, mode, dtype):
 def test_batched_equals_alone_in_bf16(ckpt_dirs, mode, family):
     """bf16 is where batch-dependent bits surface first (attention used to pad each sequence to its
     neighbours' lengths; int4 bf16 flipped a token that way)."""
-    reqs = _requests(seed=3, n=8, blocks={"dream": (1, 4, 8), "llama_d2f": (1, 2, 4)}[family])
+    reqs = random_requests(seed=3, n=8, blocks={"dream": (1, 4, 8), "llama_d2f": (1, 2, 4)}[family])
     alone = _alone_q(ckpt_dirs[family], reqs, mode)
     eng = make_engine(ckpt_dirs[family], quantization=mode, dtype="bf16")
-    done = _run_staggered(eng, reqs, join_every=1)
+    done = run_staggered(eng, reqs, join_every=1)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
     assert eng.pool.num_free == eng.pool.num_pages
 

@@ -8,7 +8,7 @@ from d2f.refurbish.cli import main
 from d2f.refurbish.eval import parse_knobs
 from d2f.refurbish.metrics import agreement, distinct2
 from d2f.refurbish.trainer import Refurbisher
-from tests.refurbish.conftest import config
+from tests.support.refurbish import config
 
 FIELDS = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
 

@@ -12,7 +12,7 @@ from d2f.refurbish.student import causal_lm, choose_mask_token
 from d2f.refurbish.trainer import Refurbisher
 from tests.support import checkpoints as ck
 from tests.support.forward import block_mask, full_forward
-from tests.refurbish.conftest import config, hf_model
+from tests.support.refurbish import config, hf_model
 
 IDS = [1, 17, 33, 5, 80, 41, 9, 12, 60, 3, 77, 24, 8]
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from d2f.refurbish.data import Batch
 from d2f.refurbish.trainer import Refurbisher
 from tests.support import checkpoints as ck
-from tests.refurbish.conftest import config, hf_model  # noqa: F401 (helpers)
+from tests.support.refurbish import config, hf_model
 
 # ---- the loss, computed here from the definitions, with transformers as the model ---------------------------
 PROMPT, BLOCK, LENGTH = 3, 4, 11

@@ -4,9 +4,8 @@ import pytest
 
 from d2f.engine.engine import Engine
 from d2f.engine.errors import RequestError
-from tests.support.server_fixtures import Client, run, sse_events
+from tests.support.server_fixtures import Client, clean_error, run, sse_events
 
-from .test_server_limits import _clean
 
 BODY = {"prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0}
 SECRET = "/secret/path internal state"
@@ -35,9 +34,9 @@ def test_internal_error_is_a_generic_500(model_dirs, monkeypatch, caplog, where,
     still passes: it calls validate, not add_request)."""
     monkeypatch.setattr(Engine, where, _raiser(exc))
     plain, streamed, health = _post_both(model_dirs["ar"])
-    assert _clean(plain, 500)["message"] == "internal server error"
+    assert clean_error(plain, 500)["message"] == "internal server error"
     if where == "validate":  # refused before any stream starts
-        assert _clean(streamed, 500)["message"] == "internal server error"
+        assert clean_error(streamed, 500)["message"] == "internal server error"
     else:
         assert streamed.status_code == 200 and SECRET not in streamed.text
         assert sse_events(streamed.text)[-1]["error"]["message"] == "internal server error"
@@ -49,9 +48,9 @@ def test_internal_error_is_a_generic_500(model_dirs, monkeypatch, caplog, where,
 def test_request_error_is_a_400_with_its_message(model_dirs, monkeypatch, where):
     monkeypatch.setattr(Engine, where, _raiser(RequestError("prompt is not acceptable here")))
     plain, streamed, health = _post_both(model_dirs["ar"])
-    assert _clean(plain, 400)["message"] == "prompt is not acceptable here"
+    assert clean_error(plain, 400)["message"] == "prompt is not acceptable here"
     if where == "validate":
-        assert _clean(streamed, 400)["message"] == "prompt is not acceptable here"
+        assert clean_error(streamed, 400)["message"] == "prompt is not acceptable here"
     else:
         err = sse_events(streamed.text)[-1]["error"]
         assert err["message"] == "prompt is not acceptable here" and err["type"] == "invalid_request_error"

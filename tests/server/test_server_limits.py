@@ -2,22 +2,10 @@
 import asyncio
 import json
 
-import httpx
 import pytest
 
 from d2f.engine.decoding import Algorithm
-from tests.support.server_fixtures import Client, run
-
-LEAKS = ("Traceback", 'File "', "/work", "site-packages", "torch", "engine.", "Error:")
-
-
-def _clean(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert not any(s in r.text for s in LEAKS), r.text
-    return err
-
+from tests.support.server_fixtures import Client, clean_error, run
 
 def test_body_size_cap(model_dirs):
     async def main():
@@ -31,8 +19,8 @@ def test_body_size_cap(model_dirs):
             ok = await c.post("/v1/completions", json={"prompt": "fine", "max_tokens": 2})
             return declared, chunked, ok
     declared, chunked, ok = run(main())
-    assert "exceeds 2000 bytes" in _clean(declared, 413)["message"]
-    _clean(chunked, 413)
+    assert "exceeds 2000 bytes" in clean_error(declared, 413)["message"]
+    clean_error(chunked, 413)
     assert ok.status_code == 200
 
 
@@ -50,7 +38,7 @@ def test_garbage_bodies_are_400(model_dirs, raw):
     async def main():
         async with Client(model_dirs["ar"]) as c:
             return await c.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
-    _clean(run(main()), 400)
+    clean_error(run(main()), 400)
 
 
 @pytest.mark.parametrize("body,fragment", [
@@ -64,21 +52,21 @@ def test_caps(model_dirs, body, fragment):
     async def main():
         async with Client(model_dirs["ar"]) as c:
             return await c.post("/v1/completions", json=body)
-    assert fragment in _clean(run(main()), 400)["message"]
+    assert fragment in clean_error(run(main()), 400)["message"]
 
 
 def test_too_many_messages(model_dirs):
     async def main():
         async with Client(model_dirs["ar"]) as c:
             return await c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}] * 1025})
-    _clean(run(main()), 400)
+    clean_error(run(main()), 400)
 
 
 def test_kv_pool_too_small_names_both_numbers(model_dirs):
     async def main():
         async with Client(model_dirs["ar"], kv_cache_memory=64 * 1024) as c:
             return await c.post("/v1/completions", json={"prompt": "word " * 60, "max_tokens": 50})
-    msg = _clean(run(main()), 400)["message"]
+    msg = clean_error(run(main()), 400)["message"]
     assert "KV pool holds" in msg and "needs" in msg
 
 
@@ -106,7 +94,7 @@ def test_request_timeout_aborts_and_frees_kv(model_dirs):
         plain, streamed, freed = run(main())
     finally:
         Algorithm.commit = real
-    assert _clean(plain, 503)["code"] == "timeout"
+    assert clean_error(plain, 503)["code"] == "timeout"
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     frames = [json.loads(f[6:]) for f in streamed.text.split("\n\n")[:-2]]
     assert frames[-1]["error"]["code"] == "timeout"
@@ -134,7 +122,7 @@ def test_one_failing_request_does_not_touch_others(model_dirs, monkeypatch):
             return alone, results, health
     alone, (ok, bad, bad_stream), health = run(main())
     assert ok.json()["choices"][0]["text"] == alone.json()["choices"][0]["text"]
-    _clean(bad, 500)
+    clean_error(bad, 500)
     assert "error" in bad_stream.text and "secret" not in bad_stream.text and bad_stream.text.endswith("[DONE]\n\n")
     assert health.status_code == 200
 
@@ -172,5 +160,5 @@ def test_protect_metrics(model_dirs):
         async with Client(model_dirs["ar"], api_keys=["k"], protect_metrics=True) as c:
             return await c.get("/metrics"), await c.get("/metrics", headers={"Authorization": "Bearer k"})
     denied, allowed = run(main())
-    _clean(denied, 401)
+    clean_error(denied, 401)
     assert allowed.status_code == 200 and "d2f_requests_running" in allowed.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -146,3 +147,16 @@ def model_dirs(tmp_path_factory):
     """The tiny model with a tokenizer, autoregressive and D2F (block size 4)."""
     root = tmp_path_factory.mktemp("srv")
     return {"ar": write_tiny_server_model(root / "ar"), "d2f": write_tiny_server_model(root / "d2f", d2f=True)}
+
+
+# What an error body must never show a client: stack traces, paths, library and module names.
+LEAKS = ("Traceback", 'File "', "/work", "site-packages", "torch", "engine.", "Error:")
+
+
+def clean_error(r: httpx.Response, status: int) -> dict:
+    """The OpenAI error object of a response with this status, checked to leak no internals."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert not any(s in r.text for s in LEAKS), r.text
+    return err
