@@ -14,14 +14,18 @@ import torch
 import torch.nn.functional as F
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention in the decoder's layout.
 
-    q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D] (Hq a multiple of Hkv: query head h reads KV head h // (Hq/Hkv)),
-    mask [B, 1, Lq, Lk] bool (True = may attend) or None. Returns [B, Lq, Hq, D] in q's dtype.
+    q [B, Lq, Hq, D]; kv [B, Lk, 2 * Hkv, D], the KV cache's layout: K heads then V heads (Hq a multiple of
+    Hkv: query head h reads KV head h // (Hq/Hkv)); mask [B, 1, Lq, Lk] bool (True = may attend) or None.
+    Returns [B, Lq, Hq, D] in q's dtype.
     """
+    hkv = kv.shape[2] // 2
     if q.shape[1] == 1:
-        return matmul_attention(q, k, v, mask)
+        kv = kv.float()  # K and V in one contiguous cast: cheaper than two strided ones
+        return matmul_attention(q, kv[:, :, :hkv], kv[:, :, hkv:], mask)
+    k, v = kv[:, :, :hkv], kv[:, :, hkv:]
     return F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
         enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
@@ -37,8 +41,8 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
     g = hq // hkv
-    qf = q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d).float()
-    scores = torch.matmul(qf, k.permute(0, 2, 3, 1).float()) * d ** -0.5  # [B, Hkv, g * Lq, Lk]
+    qf = q.float().view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
+    scores = torch.matmul(qf, k.float().permute(0, 2, 3, 1)).mul_(d ** -0.5)  # [B, Hkv, g * Lq, Lk]
     if mask is not None:
         hidden = mask.logical_not()[:, :, None].expand(b, 1, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, -1)
         scores.masked_fill_(hidden, float("-inf"))

@@ -91,12 +91,12 @@ class Decoder(torch.nn.Module):
         spec = self.spec
         layer_kv = kv.kv[li]
         layer_kv.index_copy_(0, batch.write_slots, torch.cat([k, v], dim=1))
-        nkv, hd = spec.num_kv_heads, spec.head_dim
+        hd = spec.head_dim
         out, start = [], 0
         for w in batch.windows:
             keys = (layer_kv[w.slots] if isinstance(w.slots, slice) else layer_kv.index_select(0, w.slots))[None]
             queries = q[start:start + w.rows].view(1, w.rows, spec.num_heads, hd)
-            out.append(attention(queries, keys[:, :, :nkv], keys[:, :, nkv:], w.mask).reshape(w.rows, -1))
+            out.append(attention(queries, keys, w.mask).reshape(w.rows, -1))
             start += w.rows
         if start < q.shape[0]:  # alignment padding rows: zeros
             out.append(q.new_zeros(q.shape[0] - start, spec.num_heads * hd))

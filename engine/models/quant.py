@@ -144,7 +144,7 @@ class Int8Linear:
         y = torch.ops.aten._weight_int8pack_mm(x2, self.q, self.scale)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @property
     def row_invariant(self) -> bool:
@@ -196,15 +196,19 @@ class Int4Linear:
         self.bias = _check_bias(bias, self.out_features, dtype, device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _rows(x, self.in_features, self.dtype).to(self.scale_zero.dtype)
+        x2 = _rows(x, self.in_features, self.dtype)
+        exact_scales = self.scale_zero.dtype != self.dtype
+        if exact_scales:
+            x2 = x2.to(self.scale_zero.dtype)
         if self.cuda:
             y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scale_zero)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_zero)
-        y = y.to(self.dtype)
+        if exact_scales:
+            y = y.to(self.dtype)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @property
     def row_invariant(self) -> bool:
@@ -242,7 +246,9 @@ def _check_bias(bias, out_features: int, dtype, device):
 def _rows(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
     if x.shape[-1] != in_features or x.dtype != dtype:
         raise ValueError(f"expected input [..., {in_features}] in {dtype}, got {tuple(x.shape)} in {x.dtype}")
-    return x.reshape(-1, in_features).contiguous()
+    # Each skipped no-op still costs a dispatch, and a decode step makes 120 of these calls.
+    x2 = x if x.dim() == 2 else x.reshape(-1, in_features)
+    return x2 if x2.is_contiguous() else x2.contiguous()
 
 
 def _nbytes(*tensors) -> int:

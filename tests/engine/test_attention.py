@@ -122,7 +122,7 @@ def test_dispatch_takes_the_matmul_path_for_one_query():
     for dtype, lq, window in [(torch.bfloat16, 1, True), (torch.bfloat16, 2, False), (torch.float32, 1, True)]:
         q, k, v = _inputs(gen, 2, lq, 100, HEADS["gqa"], dtype)
         path = matmul_attention if window else _sdpa
-        assert torch.equal(attention(q, k, v, None), path(q, k, v, None))
+        assert torch.equal(attention(q, torch.cat([k, v], dim=2), None), path(q, k, v, None))
 
 
 def test_bad_head_counts_are_refused():
