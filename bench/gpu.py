@@ -11,7 +11,6 @@ tokens/s is the cost of D2F's wider windows, not the speed-up a trained model's 
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -47,17 +46,21 @@ class GpuBench:
         "help": "concurrent requests of each batched round"})
     copy_mib: int = field(default=1024, metadata={"help": "MiB copied to measure the memory bandwidth"})
     out: str | None = field(default=None, metadata={"help": "also write the JSON to this file, after every section"})
+    budget_s: float = field(default=0, metadata={
+        "help": "seconds after which the sections not yet begun are skipped and listed under over_budget (0: none)"})
 
     def __post_init__(self):
         unknown = [s for s in self.shapes if s not in SHAPES]
-        if unknown or not self.shapes:
-            raise ValueError(f"shapes must be some of {', '.join(SHAPES)}, got {','.join(self.shapes) or 'none'}")
+        if unknown or not self.shapes or len(set(self.shapes)) < len(self.shapes):
+            raise ValueError(f"shapes must be distinct ones of {', '.join(SHAPES)}, got {','.join(self.shapes) or 'none'}")
         for name in ("windows", "concurrency"):
             if not getattr(self, name) or min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be integers >= 1, got {getattr(self, name)}")
         for name in ("cache_len", "prompt_len", "max_tokens", "copy_mib"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.budget_s >= 0:
+            raise ValueError(f"budget_s must be >= 0, got {self.budget_s}")
 
 
 def add_arguments(p) -> None:
@@ -109,44 +112,31 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
-def bench_shape(cfg: GpuBench, name: str, bandwidth_gb_s: float, r: dict, save) -> None:
-    """Fills r with one shape's measurements, saving after each section."""
-    spec, model = random_model(SHAPES[name](), cfg.engine.torch_dtype, cfg.engine.device,
-                               quantization=cfg.engine.quantization)
-    engine = Engine(cfg.engine, model=(spec, model))
+def _params(cfg: GpuBench) -> dict[str, DecodeParams]:
+    """AR (block size 1) and each D2F preset, every one running to max_tokens."""
+    params = {"ar": DecodeParams(max_tokens=cfg.max_tokens, block_size=1, ignore_eos=True)}
+    for preset, speed in SPEED_PRESETS.items():
+        conf, act = speed_to_taus(speed)
+        params[preset] = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act, ignore_eos=True)
+    return params
+
+
+def forwards(cfg: GpuBench, engine: Engine, bandwidth_gb_s: float, r: dict) -> None:
+    """Row drift, the GEMV floor and each window's forward against the roofline: the weights plus the cached
+    keys and values the window reads, at the measured bandwidth."""
+    model, spec = engine.model, engine.spec
     weights, kv_token = weight_bytes(model), bytes_per_token(spec, model.dtype)
     r |= {"layers": spec.num_layers, "hidden": spec.hidden_size, "vocab": spec.vocab_size,
           "weight_bytes": weights, "kv_bytes_per_token": kv_token}
     x = torch.randn(64, spec.hidden_size, generator=torch.Generator().manual_seed(1)).to(model.device, model.dtype)
     r["row_drift"] = {"qkv": row_drift(model.layers[0]["qkv"], x), "head": row_drift(model.lm_head, x)}
     r["gemv_floor_ms"] = gemv_floor_ms(engine)
-    save()
-    # The roofline: weights plus the cached keys and values a window reads, at the measured bandwidth.
+    r["gemv_floor_over_roofline"] = round(r["gemv_floor_ms"] / (weights / (bandwidth_gb_s * 1e6)), 2)
     roof = {str(w): (weights + kv_token * (cfg.cache_len + w)) / (bandwidth_gb_s * 1e6) for w in cfg.windows}
     fwd = forward_ms(engine, cfg.cache_len, cfg.windows)
     r["fwd_ms"] = fwd
     r["roofline_ms"] = {w: round(ms, 4) for w, ms in roof.items()}
     r["fwd_over_roofline"] = {w: round(fwd[w] / roof[w], 2) for w in fwd}
-    r["gemv_floor_over_roofline"] = round(r["gemv_floor_ms"] / (weights / (bandwidth_gb_s * 1e6)), 2)
-    save()
-    prompt = _prompt(cfg.prompt_len, spec.vocab_size)
-    params = {"ar": DecodeParams(max_tokens=cfg.max_tokens, block_size=1, ignore_eos=True)}
-    for preset, speed in SPEED_PRESETS.items():
-        conf, act = speed_to_taus(speed)
-        params[preset] = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act, ignore_eos=True)
-    r["decode"] = {}
-    for mode, p in params.items():
-        r["decode"][mode] = decode_tok_s(engine, prompt, p)
-        save()
-    r["batch"] = {}
-    for mode in ("ar", "balanced"):
-        r["batch"][mode] = {}
-        for conc in cfg.concurrency:
-            prompts = [_prompt(cfg.prompt_len, spec.vocab_size, seed=i) for i in range(conc)]
-            r["batch"][mode][str(conc)] = stepped(engine, prompts, params[mode])
-            save()
-    if model.device.type == "cuda":
-        r["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**30, 2)
 
 
 def _write(result: dict, path: str | None) -> None:
@@ -158,24 +148,52 @@ def _write(result: dict, path: str | None) -> None:
 
 
 def run(cfg: GpuBench) -> dict:
+    """Section by section over every shape (forwards, then decode, then batched rounds), so a run that meets
+    its time budget or its timeout has the cheap, central numbers of every shape first."""
+    t0 = time.perf_counter()
     device = torch.device(cfg.engine.device)
     result = {"benchmark": "gpu", "device": str(device), "device_name": _device_name(device),
               "torch": torch.__version__, "cuda": torch.version.cuda,
               "dtype": str(cfg.engine.torch_dtype).removeprefix("torch."), "quantization": cfg.engine.quantization,
               "weights": "random, drawn on the device", "cache_len": cfg.cache_len, "windows": cfg.windows,
               "prompt_tokens": cfg.prompt_len, "max_tokens": cfg.max_tokens, "concurrency": cfg.concurrency,
-              "shapes": {}}
-    result["copy_bandwidth_gb_s"] = copy_bandwidth_gb_s(device, cfg.copy_mib)
-    _write(result, cfg.out)
-    for name in cfg.shapes:
-        r = result["shapes"][name] = {}
-        t0 = time.perf_counter()
+              "copy_bandwidth_gb_s": copy_bandwidth_gb_s(device, cfg.copy_mib), "shapes": {}}
+
+    def save() -> None:
+        result["seconds"] = round(time.perf_counter() - t0, 1)
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        bench_shape(cfg, name, result["copy_bandwidth_gb_s"], r, lambda: _write(result, cfg.out))
-        r["seconds"] = round(time.perf_counter() - t0, 1)
-        gc.collect()  # the shape's engine and weights go before the next shape's arrive
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         _write(result, cfg.out)
+
+    def in_budget() -> bool:
+        return not cfg.budget_s or time.perf_counter() - t0 < cfg.budget_s
+
+    save()
+    engines = {}
+    for name in cfg.shapes:  # all at once: a 7B model and SmolLM2 together take ~16 GB of a GPU's memory
+        spec, model = random_model(SHAPES[name](), cfg.engine.torch_dtype, cfg.engine.device,
+                                   quantization=cfg.engine.quantization)
+        engines[name] = Engine(cfg.engine, model=(spec, model))
+        result["shapes"][name] = {}
+    params = _params(cfg)
+    # (where in a shape's result, how): the forwards fill the shape's result itself
+    sections = [((), lambda e, r: forwards(cfg, e, result["copy_bandwidth_gb_s"], r))]
+    sections += [(("decode", mode), lambda e, r, p=p: decode_tok_s(e, _prompt(cfg.prompt_len, e.spec.vocab_size), p))
+                 for mode, p in params.items()]
+    sections += [(("batch", mode, str(conc)), lambda e, r, mode=mode, conc=conc: stepped(
+        e, [_prompt(cfg.prompt_len, e.spec.vocab_size, seed=i) for i in range(conc)], params[mode]))
+        for mode in ("ar", "balanced") for conc in cfg.concurrency]
+    for path, measure in sections:
+        for name, engine in engines.items():
+            r = result["shapes"][name]
+            if not in_budget():
+                r.setdefault("over_budget", []).append(" ".join(path) or "forwards")
+                continue
+            value = measure(engine, r)
+            if path:
+                slot = r
+                for key in path[:-1]:
+                    slot = slot.setdefault(key, {})
+                slot[path[-1]] = value
+            save()
     return result

@@ -44,11 +44,11 @@ def test_json_shape(tmp_path, capsys):
     for mode in s["batch"].values():
         assert list(mode) == ["1", "3"]
         assert mode["1"]["tokens"] == 6 and mode["3"]["tokens"] == 18 and mode["3"]["tokens_per_s"] > 0
-    assert s["seconds"] > 0 and "peak_memory_gib" not in s  # CUDA only
+    assert r["seconds"] > 0 and "peak_memory_gib" not in r and "over_budget" not in s  # peak memory: CUDA only
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--shapes", "tiny,13b"], "shapes must be some of smollm2, 7b, tiny"),
+    (["--shapes", "tiny,13b"], "shapes must be distinct ones of smollm2, 7b, tiny"),
     (["--concurrency", "0"], "concurrency must be integers >= 1"),
     (["--device", "cuda"], "torch sees no CUDA device"),
 ])
@@ -66,3 +66,11 @@ def test_gpu_check_stops_where_there_is_no_gpu(tmp_path):
     assert res.returncode == 3, res.stderr
     assert "sees no CUDA device" in res.stderr
     assert "torch" in (tmp_path / "gpu_env.txt").read_text() and not (tmp_path / "gpu_install.log").exists()
+
+
+def test_a_spent_budget_lists_what_it_skipped(capsys):
+    assert main(["bench", "gpu", *TINY, "--budget-s", "1e-9"]) == 0
+    s = json.loads(capsys.readouterr().out)["shapes"]["tiny"]
+    assert s["over_budget"] == ["forwards", "decode ar", "decode quality", "decode balanced", "decode fast",
+                                "batch ar 1", "batch ar 3", "batch balanced 1", "batch balanced 3"]
+    assert "fwd_ms" not in s and "decode" not in s
