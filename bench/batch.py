@@ -5,35 +5,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from d2f.bench.shapes import random_model, smollm2_spec
 from d2f.engine.cli_args import add_dataclass_arguments, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
-from d2f.engine.models.decoder import Decoder
-from d2f.engine.models.quant_load import quantize_weights
-from d2f.engine.models.spec import ModelSpec
 from d2f.engine.params import DecodeParams
 from d2f.engine.timing import stepped
-
-
-def smollm2_shaped(mask_id: int = 16, seed: int = 0, dtype=torch.bfloat16,
-                   quantization: str = "none") -> tuple[ModelSpec, Decoder]:
-    """Random weights with SmolLM2-135M's shapes, served as a D2F model (shifted logits, causal prompt)."""
-    spec = ModelSpec(family="llama", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3,
-                     head_dim=64, intermediate_size=1536, rms_eps=1e-5, rope_theta=100000.0, max_positions=2048,
-                     tie_embeddings=True, shift_logits=True, prompt_causal=True, mask_token_id=mask_id,
-                     eos_token_ids=[], train_block_size=1, block_size=8)
-    g = torch.Generator().manual_seed(seed)
-    h = spec.hidden_size
-    w = {"embed": torch.randn(spec.vocab_size, h, generator=g) * 0.05, "norm": torch.ones(h)}
-    for li in range(spec.num_layers):
-        p = f"layers.{li}."
-        for name, shape in spec.projection_shapes().items():
-            w[p + name] = torch.randn(shape, generator=g) * 0.05
-        w[p + "attn_norm"] = torch.ones(h)
-        w[p + "mlp_norm"] = torch.ones(h)
-    w = {k: v.to(dtype) for k, v in w.items()}
-    quantize_weights(w, spec, quantization, model_dir=None, merged_lora=False)
-    return spec, Decoder(spec, w)
 
 
 @dataclass
@@ -63,7 +40,7 @@ def config(args, cls):
 
 
 def _engine(cfg: ShapesBench, **kw) -> Engine:
-    spec, model = smollm2_shaped(dtype=cfg.engine.torch_dtype, quantization=cfg.engine.quantization)
+    spec, model = random_model(smollm2_spec(), cfg.engine.torch_dtype, quantization=cfg.engine.quantization)
     return Engine(replace(cfg.engine, **kw), model=(spec, model))
 
 

@@ -1,11 +1,11 @@
-"""`d2f bench engine|batch|speed|serving`: each benchmark has its own flags (generated from its config
+"""`d2f bench engine|batch|speed|serving|gpu`: each benchmark has its own flags (generated from its config
 dataclass) and prints one JSON object."""
 from __future__ import annotations
 
 import json
 import sys
 
-from . import batch, serving, speed
+from . import batch, gpu, serving, speed
 
 BENCHES = {
     "engine": ("one sequence on random weights with SmolLM2-135M's shapes: tokens/s, forwards/token",
@@ -18,6 +18,8 @@ BENCHES = {
               lambda a: speed.run(speed.config(a))),
     "serving": ("streamed tokens/s over HTTP against the in-process engine", serving.add_arguments,
                 lambda a: serving.run(serving.config(a))),
+    "gpu": ("random-weight SmolLM2 and 7B shapes on a GPU: forwards against the HBM roofline, decode and "
+            "batched tokens/s (scripts/gpu_check.sh)", gpu.add_arguments, lambda a: gpu.run(gpu.config(a))),
 }
 
 

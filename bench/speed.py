@@ -14,7 +14,7 @@ from d2f.engine.engine import Engine
 from d2f.engine.models.linear import onednn_supported
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 from d2f.engine.runner import Work
-from d2f.engine.timing import fastest_generate, median_ms
+from d2f.engine.timing import device_sync, fastest_generate, median_ms
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
@@ -60,7 +60,7 @@ def gemv_floor_ms(engine: Engine, repeat: int = 7) -> float:
             layer["gate_up"](x)
             layer["down"](x_mlp)
         model.lm_head(x)
-    return median_ms(run, repeat)
+    return median_ms(run, repeat, device_sync(model.device))
 
 
 def cached_windows(engine: Engine, cache_len: int, windows: list[int]):
@@ -85,7 +85,8 @@ def cached_windows(engine: Engine, cache_len: int, windows: list[int]):
 
 def forward_ms(engine: Engine, cache_len: int, windows: list[int], repeat: int = 5) -> dict[str, float]:
     """Our forward (model + logits for every window position) over a window with a cached prefix."""
-    return {str(w): median_ms(lambda: engine.runner.run([work]), repeat)
+    sync = device_sync(engine.model.device)
+    return {str(w): median_ms(lambda: engine.runner.run([work]), repeat, sync)
             for w, work in cached_windows(engine, cache_len, windows)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .outputs import RequestOutput
 
@@ -44,13 +45,28 @@ def one_at_a_time(engine, prompts: list[list[int]], params) -> Timed:
     return Timed([o for r in runs for o in r.outputs], sum(r.seconds for r in runs))
 
 
-def median_ms(fn, repeat: int) -> float:
-    """Median milliseconds of fn() over repeat calls, after one call that pays for warm-up."""
+def device_sync(device) -> Callable[[], None] | None:
+    """What waits for a device's queued kernels: CUDA calls return before the work is done, so a timer
+    that does not wait measures the launch, not the work. None on CPU, where calls return finished."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return lambda: torch.cuda.synchronize(device)
+
+
+def median_ms(fn, repeat: int, sync: Callable[[], None] | None = None) -> float:
+    """Median milliseconds of fn() over repeat calls, after one call that pays for warm-up; sync (see
+    device_sync) is waited on before each timer starts and stops."""
+    wait = sync or (lambda: None)
     fn()
     times = []
     for _ in range(repeat):
+        wait()
         start = time.perf_counter()
         fn()
+        wait()
         times.append(time.perf_counter() - start)
     return round(1000 * statistics.median(times), 3)
 

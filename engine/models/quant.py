@@ -188,7 +188,8 @@ class Int4Linear:
         self.scale_zero = self.scale_zero.contiguous()
         if self.cuda:  # unverified on GPU: CUDA packs two values per byte, even column in the high nibble
             q4 = weights.q4.to(device)
-            self.packed = torch.ops.aten._convert_weight_to_int4pack(((q4 & 15) << 4 | q4 >> 4).contiguous(), 8)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack(((q4 & 15) << 4 | q4 >> 4).contiguous(),
+                                                                     cuda_inner_k_tiles(self.in_features))
         elif device.type == "cpu":
             self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weights.q.to(torch.int32), 1)
         else:
@@ -217,6 +218,13 @@ class Int4Linear:
     @property
     def weight_bytes(self) -> int:
         return _nbytes(self.packed, self.scale_zero, self.bias)
+
+
+def cuda_inner_k_tiles(in_features: int) -> int:
+    """The CUDA int4 packing groups 2, 4 or 8 k-tiles of 16 and refuses in-features that are not a whole
+    number of such groups: 8 (the widest loads) would refuse SmolLM2's 576 = 4.5 x 128. In-features are a
+    multiple of the group size (>= 32), so 2 always fits."""
+    return next(t for t in (8, 4, 2) if in_features % (16 * t) == 0)
 
 
 def quantized_linear(weights: Int8Weights | Int4Weights, dtype: torch.dtype, bias: torch.Tensor | None = None,

@@ -9,7 +9,8 @@ from d2f.cli import main
 
 @pytest.mark.parametrize("args", [["engine", "--model", "x"], ["batch", "--model", "x"], ["engine", "--lora", "x"],
                                   ["engine", "--concurrency", "1,2"], ["speed", "--json"], ["engine", "--json"],
-                                  ["speed", "--prompt-len", "4"], ["serving", "--cache-len", "4"]])
+                                  ["speed", "--prompt-len", "4"], ["serving", "--cache-len", "4"],
+                                  ["gpu", "--model", "x"], ["gpu", "--lora", "x"]])
 def test_flags_a_benchmark_does_not_use_are_refused(args, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", *args])

@@ -6,44 +6,18 @@ import pytest
 from d2f.engine.async_engine import AsyncEngine, EngineDeadError
 from d2f.engine.params import DecodeParams
 from tests.support.engines import make_engine
+from tests.support.streams import assert_streams_equal_sync, collect, started
 
 PARAMS = DecodeParams(max_tokens=12, block_size=4, tau_conf=0.5, ignore_eos=True)
 PROMPTS = [[5, 9, 13], [7, 7, 21, 40, 2, 11], [30]]
 
 
-def _started(path, **kw) -> AsyncEngine:
-    eng = AsyncEngine(lambda: make_engine(path, **kw))
-    eng.start()
-    return eng
-
-
-async def _collect(aeng, prompt, rid, params=PARAMS):
-    outs = [o async for o in aeng.generate(prompt, params, rid)]
-    return outs
-
-
 def test_streams_equal_sync_engine(ckpt_dirs):
-    sync = make_engine(ckpt_dirs["dream"])
-    expected = [o.token_ids for o in sync.generate(PROMPTS, PARAMS)]
-    aeng = _started(ckpt_dirs["dream"])
-
-    async def main():
-        await aeng.wait_ready()
-        return await asyncio.gather(*[_collect(aeng, p, f"a{i}") for i, p in enumerate(PROMPTS)])
-
-    try:
-        results = asyncio.run(main())
-    finally:
-        aeng.shutdown()
-    for outs, want in zip(results, expected):
-        assert [t for o in outs for t in o.new_token_ids] == want
-        assert outs[-1].finished and outs[-1].token_ids == want
-        assert sum(o.finished for o in outs) == 1
-        assert len(outs) >= 2  # several committed blocks, streamed one by one
+    assert_streams_equal_sync(ckpt_dirs["dream"], PROMPTS, PARAMS)
 
 
 def test_cancel_aborts_and_frees_pages(ckpt_dirs):
-    aeng = _started(ckpt_dirs["llama"])
+    aeng = started(ckpt_dirs["llama"])
 
     async def main():
         await aeng.wait_ready()
@@ -64,13 +38,13 @@ def test_cancel_aborts_and_frees_pages(ckpt_dirs):
 
 
 def test_refused_request_raises_value_error(ckpt_dirs):
-    aeng = _started(ckpt_dirs["llada"])
+    aeng = started(ckpt_dirs["llada"])
 
     async def main():
         await aeng.wait_ready()
         with pytest.raises(ValueError, match="block_size"):
-            await _collect(aeng, [5, 6], "bad", DecodeParams(block_size=3))
-        return await _collect(aeng, [5, 6], "good")  # the engine goes on serving
+            await collect(aeng, [5, 6], "bad", DecodeParams(block_size=3))
+        return await collect(aeng, [5, 6], "good", PARAMS)  # the engine goes on serving
 
     try:
         assert asyncio.run(main())[-1].finished

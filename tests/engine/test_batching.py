@@ -6,22 +6,12 @@ import pytest
 from d2f.engine.params import DecodeParams
 from tests.support.batching import random_requests, run_alone, run_staggered
 from tests.support.engines import make_engine
+from tests.support.exactness import assert_batched_equals_alone
 
 
 @pytest.mark.parametrize("family", ["llada", "dream", "llama_d2f"])
 def test_batched_equals_alone(ckpt_dirs, family):
-    blocks = {"llada": (4, 8), "dream": (1, 4, 8), "llama_d2f": (1, 2, 4)}[family]
-    reqs = random_requests(seed=len(family), n=10, blocks=blocks)
-    alone = run_alone(ckpt_dirs[family], reqs)
-    eng = make_engine(ckpt_dirs[family])
-    aborted = {reqs[1][0], reqs[4][0]}
-    done = run_staggered(eng, reqs, abort_ids=aborted)
-    assert sum(done[rid].finish_reason == "abort" for rid in aborted) >= 1
-    for rid, _, _ in reqs:
-        if rid in aborted:
-            continue
-        assert done[rid].token_ids == alone[rid], rid
-    assert eng.pool.num_free == eng.pool.num_pages
+    assert_batched_equals_alone(ckpt_dirs[family], family, seed=len(family), n=10, abort=(1, 4))
 
 
 def test_ar_batch_of_mixed_lengths_equals_alone(ckpt_dirs):

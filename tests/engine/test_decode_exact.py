@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from d2f.engine.params import DecodeParams
-from tests.support.checkpoints import EOS_ID, MASK_ID, VOCAB
-from tests.support.reference_d2f import reference_decode
+from tests.support.checkpoints import VOCAB
+from tests.support.exactness import assert_cached_equals_recompute
 
 KNOBS = [  # (block, tau_add, tau_act, tau_conf): the spec's defaults and looser points
     (4, 0.1, 0.95, 0.9), (4, 0.1, 0.9, 0.3), (8, 0.25, 0.5, 0.2), (4, 0.0, 0.7, 0.05), (8, 0.5, 0.95, 0.6),
@@ -21,21 +21,12 @@ def _prompt(seed: int, n: int) -> list[int]:
 @pytest.mark.parametrize("family", ["llada", "dream", "llama_d2f"])
 @pytest.mark.parametrize("knobs", KNOBS)
 def test_cached_equals_recompute(engines, family, knobs):
-    eng = engines[family]
     block, tau_add, tau_act, tau_conf = knobs
     if family == "llama_d2f":
         block //= 2
     for seed in range(2):
-        prompt = _prompt(seed * 7 + block, 5 + 3 * seed)
-        params = DecodeParams(max_tokens=3 * block + 1, block_size=block, tau_add=tau_add, tau_act=tau_act,
-                              tau_conf=tau_conf, ignore_eos=True, stop_token_ids=[EOS_ID])
-        out = eng.generate([prompt], params)[0]
-        ref, ref_forwards = reference_decode(eng.model, prompt, block=block, tau_add=tau_add, tau_act=tau_act,
-                                             tau_conf=tau_conf, max_tokens=params.max_tokens, mask_id=MASK_ID,
-                                             stop_ids={EOS_ID})
-        assert out.token_ids == ref
-        assert out.num_forwards <= ref_forwards
-        assert out.finish_reason == ("stop" if len(ref) < params.max_tokens else "length")
+        assert_cached_equals_recompute(engines[family], _prompt(seed * 7 + block, 5 + 3 * seed), block=block,
+                                       tau_add=tau_add, tau_act=tau_act, tau_conf=tau_conf)
 
 
 def test_parallel_commits_happen(engines):

@@ -3,40 +3,28 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from d2f.engine.models.families import CheckpointError
 from d2f.engine.models.loader import load_model
 from tests.support import checkpoints as ck
-from tests.support.forward import IDS, full_forward
-
-
-def _peft(hf, rslora=False):
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0,
-                     use_rslora=rslora)
-    model = get_peft_model(hf, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:  # PEFT initialises B to zero; make the adapter do something
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
+from tests.support.forward import IDS, causal_mask, full_forward
+from tests.support.lora import peft_model
 
 
 def _causal():
-    return torch.tril(torch.ones(len(IDS), len(IDS), dtype=torch.bool))
+    return causal_mask(len(IDS))
 
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_merged_llama_lora_equals_unmerged_peft(tmp_path, rslora):
     base = ck.write_llama(tmp_path / "base", ck.hf_llama(seed=31))
-    peft_model = _peft(ck.hf_llama(seed=31), rslora)
-    peft_model.save_pretrained(tmp_path / "adapter")
+    lora = peft_model(ck.hf_llama(seed=31), rslora)
+    lora.save_pretrained(tmp_path / "adapter")
     with torch.no_grad():
-        ref = peft_model(torch.tensor([IDS])).logits[0]
-        plain = peft_model.get_base_model()
-        with peft_model.disable_adapter():
+        ref = lora(torch.tensor([IDS])).logits[0]
+        plain = lora.get_base_model()
+        with lora.disable_adapter():
             without = plain(torch.tensor([IDS])).logits[0]
     _, ours = load_model(base, lora_dir=tmp_path / "adapter")
     got = full_forward(ours, IDS, _causal())
@@ -48,8 +36,8 @@ def test_llada_adapter_uses_llada_module_names(tmp_path):
     """Released D2F-LLaDA adapters target q_proj/k_proj/v_proj/attn_out under model.transformer.blocks."""
     hf = ck.hf_llama(seed=32)
     base = ck.write_llada(tmp_path / "llada", hf)
-    peft_model = _peft(ck.hf_llama(seed=32))
-    peft_model.save_pretrained(tmp_path / "adapter")
+    lora = peft_model(ck.hf_llama(seed=32))
+    lora.save_pretrained(tmp_path / "adapter")
     adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     renamed = {}
     for key, t in adapter.items():
@@ -61,14 +49,14 @@ def test_llada_adapter_uses_llada_module_names(tmp_path):
     cfg["target_modules"] = ["q_proj", "k_proj", "v_proj", "attn_out"]
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
     with torch.no_grad():
-        ref = peft_model(torch.tensor([IDS]), attention_mask=_causal()[None, None]).logits[0]
+        ref = lora(torch.tensor([IDS]), attention_mask=_causal()[None, None]).logits[0]
     _, ours = load_model(base, lora_dir=tmp_path / "adapter")
     torch.testing.assert_close(full_forward(ours, IDS, _causal()), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_adapter_for_another_architecture_is_refused(tmp_path):
     base = ck.write_llada(tmp_path / "llada", ck.hf_llama(seed=33))
-    _peft(ck.hf_llama(seed=33)).save_pretrained(tmp_path / "adapter")  # Llama names, LLaDA base
+    peft_model(ck.hf_llama(seed=33)).save_pretrained(tmp_path / "adapter")  # Llama names, LLaDA base
     with pytest.raises(CheckpointError, match="adapter targets tensors the model lacks"):
         load_model(base, lora_dir=tmp_path / "adapter")
 

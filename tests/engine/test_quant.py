@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2f.engine.models.quant import Int4Linear, Int4Weights, Int8Linear, Int8Weights, quantize, quantized_linear
+from d2f.engine.models.quant import (Int4Linear, Int4Weights, Int8Linear, Int8Weights, cuda_inner_k_tiles, quantize,
+                                     quantized_linear)
 from d2f.engine.models.quant_gguf import int4_from_q4_1, read_q4_1, split_q4_1
 
 OUT, IN, ROWS = 48, 256, 64
@@ -96,6 +97,14 @@ def test_fused_rows_and_nibble_packing():
     assert torch.equal(fused.rows(order).dequantize(), fused.dequantize()[order])
     e, f = quantize(torch.randn(16, 64), "int8"), quantize(torch.randn(8, 64), "int8")
     assert torch.equal(Int8Weights.cat([e, f]).dequantize(), torch.cat([e.dequantize(), f.dequantize()]))
+
+
+def test_cuda_int4_packing_fits_every_in_features():
+    """CUDA packs k in groups of 16 x (8, 4 or 2) tiles: the widest that divides in-features (unchecked here
+    without a GPU: tests/gpu/test_quant.py runs the kernel at these sizes)."""
+    sizes = (64, 96, 576, 1536, 3584, 18944)  # the tiny models', SmolLM2's and Qwen2.5-7B's in-features
+    assert [cuda_inner_k_tiles(k) for k in sizes] == [4, 2, 4, 8, 8, 8]
+    assert all(k % (16 * cuda_inner_k_tiles(k)) == 0 for k in range(32, 20000, 32))
 
 
 def test_weight_bytes():

@@ -9,12 +9,9 @@ from d2f.engine.models.checkpoint import read_spec
 from d2f.engine.models.decoder import Decoder
 from d2f.engine.models.loader import load_model
 from d2f.engine.models.quant import Int4Linear, Int8Linear
-from d2f.engine.params import DecodeParams
-from tests.support.batching import random_requests, run_staggered
-from tests.support.checkpoints import EOS_ID, MASK_ID
 from tests.support.engines import make_engine
+from tests.support.exactness import assert_batched_equals_alone, assert_cached_equals_recompute
 from tests.support.forward import IDS, block_mask, full_forward
-from tests.support.reference_d2f import reference_decode
 
 MODES = ["int8", "int4"]
 
@@ -33,17 +30,8 @@ def test_every_layer_matrix_is_quantized(ckpt_dirs, mode, dtype):
 def test_batched_equals_alone_in_bf16(ckpt_dirs, mode, family):
     """bf16 is where batch-dependent bits surface first (attention used to pad each sequence to its
     neighbours' lengths; int4 bf16 flipped a token that way)."""
-    reqs = random_requests(seed=3, n=8, blocks={"dream": (1, 4, 8), "llama_d2f": (1, 2, 4)}[family])
-    alone = _alone_q(ckpt_dirs[family], reqs, mode)
-    eng = make_engine(ckpt_dirs[family], quantization=mode, dtype="bf16")
-    done = run_staggered(eng, reqs, join_every=1)
-    assert {rid: o.token_ids for rid, o in done.items()} == alone
-    assert eng.pool.num_free == eng.pool.num_pages
-
-
-def _alone_q(path, reqs, mode):
-    eng = make_engine(path, quantization=mode, dtype="bf16")
-    return {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
+    assert_batched_equals_alone(ckpt_dirs[family], family, seed=3, n=8, join_every=1, quantization=mode,
+                                dtype="bf16")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -63,13 +51,8 @@ def test_quantized_rows_are_bit_identical_alone_and_batched(ckpt_dirs, mode):
 def test_cached_equals_recompute(ckpt_dirs, mode):
     eng = make_engine(ckpt_dirs["dream"], quantization=mode, dtype="bf16")
     for block, tau in ((4, 0.9), (4, 0.3)):
-        prompt = [5, 9, 13, 2, 40, 7]
-        params = DecodeParams(max_tokens=3 * block + 1, block_size=block, tau_add=0.1, tau_act=0.9, tau_conf=tau,
-                              ignore_eos=True, stop_token_ids=[EOS_ID])
-        out = eng.generate([prompt], params)[0]
-        ref, ref_forwards = reference_decode(eng.model, prompt, block=block, tau_add=0.1, tau_act=0.9, tau_conf=tau,
-                                             max_tokens=params.max_tokens, mask_id=MASK_ID, stop_ids={EOS_ID})
-        assert out.token_ids == ref and out.num_forwards <= ref_forwards
+        assert_cached_equals_recompute(eng, [5, 9, 13, 2, 40, 7], block=block, tau_add=0.1, tau_act=0.9,
+                                       tau_conf=tau)
 
 
 @pytest.mark.parametrize("mode,tol", [("int8", 1e-4), ("int4", 1e-4)])

@@ -21,8 +21,8 @@ def random_requests(seed: int, n: int, blocks=(4, 8)):
     return out
 
 
-def run_alone(path, reqs):
-    eng = make_engine(path)
+def run_alone(path, reqs, **engine_kw):
+    eng = make_engine(path, **engine_kw)
     return {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
 
 

@@ -30,10 +30,12 @@ def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_ca
         clean_rule = torch.ones(n, n, dtype=torch.bool).tril() & ~m[None, :]
         mask = torch.where(m[:, None], mask, clean_rule)
         rows = m.nonzero().flatten()
-    kv = KVCache(model.spec, n, model.dtype, "cpu")
-    batch = AttnBatch(positions=torch.arange(n), write_slots=torch.arange(n),
-                      windows=[SeqWindow(n, torch.arange(n), mask[None, None])], adapter_rows=rows)
-    hidden = model(torch.tensor(tokens), batch, kv)
+    dev = model.device
+    kv = KVCache(model.spec, n, model.dtype, dev)
+    ar = torch.arange(n, device=dev)
+    batch = AttnBatch(positions=ar, write_slots=ar, windows=[SeqWindow(n, ar, mask.to(dev)[None, None])],
+                      adapter_rows=None if rows is None else rows.to(dev))
+    hidden = model(torch.tensor(tokens, device=dev), batch, kv)
     return model.logits(hidden)
 
 
