@@ -55,8 +55,11 @@ def _admit(state, model: str | None, n: int) -> Ticket:
 
 
 def _params(state, body, prompt_ids: list[int], max_tokens: int | None, index: int):
-    """DecodeParams for one choice, checked against the model now so a bad value is a 400, not a stream."""
+    """DecodeParams for one choice, checked against the model now so a bad value is a 400, not a stream;
+    None when the choice needs no model (echo with max_tokens 0 and no logprobs: the prompt is the answer)."""
     params = body.decode_params(max_tokens)
+    if params.max_tokens == 0 and params.prompt_logprobs is None:
+        return None
     if body.seed is not None:
         params.seed = body.seed + index
     try:
@@ -76,18 +79,20 @@ async def _tokenize(fn, *args):
 
 
 async def _serve(request: Request, state, ticket: Ticket, body, prompts: list[list[int]], max_tokens,
-                 shape_cls) -> Response:
+                 shape_cls, echoes: list[str] | None = None) -> Response:
+    """echoes: per prompt, the text a completion with echo sends before its answer."""
     arrival = time.monotonic()
     runs = []
     for p_idx, ids in enumerate(prompts):
         limit = max_tokens(ids)
         for j in range(body.n):
             params = _params(state, body, ids, limit, j)
-            runs.append(ChoiceRun(state, p_idx * body.n + j, ids, params, body.stop_list(), arrival))
+            runs.append(ChoiceRun(state, p_idx * body.n + j, ids, params, body.stop_list(), arrival,
+                                  echo=echoes[p_idx] if echoes else None))
     prompt_tokens = sum(len(p) for p in prompts) * body.n
     state.metrics.prompt_tokens.inc(prompt_tokens)
     include = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    shape = shape_cls(uuid.uuid4().hex, int(time.time()), state.model_name, include)
+    shape = shape_cls(uuid.uuid4().hex, int(time.time()), state.model_name, include, state.token_text)
     timeout = state.settings.request_timeout
     if body.stream:
         final = (lambda: shape.usage_chunk(usage(runs, prompt_tokens))) if include else None
@@ -110,7 +115,12 @@ async def completions(body: CompletionRequest, request: Request):
             if not ids:
                 raise APIError(400, "prompt is empty after tokenization", param="prompt")
             prompts.append(list(ids))
-        return await _serve(request, state, ticket, body, prompts, lambda ids: body.max_tokens, CompletionShape)
+        echoes = None
+        if body.echo:  # the prompt as sent; token ids as they decode
+            echoes = [p if isinstance(p, str) else await _tokenize(state.tokenizer.decode, ids)
+                      for p, ids in zip(raw, prompts)]
+        return await _serve(request, state, ticket, body, prompts, lambda ids: body.max_tokens, CompletionShape,
+                            echoes)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(require_key)])
