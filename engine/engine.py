@@ -61,7 +61,7 @@ class Engine:
             raise RequestError(f"block_size must be a multiple of the model's training block size "
                                f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
         if params.prompt_logprobs is not None and not spec.prompt_causal:
-            raise RequestError("this model reads its prompt bidirectionally (LLaDA/Dream-style), so no prompt "
+            raise RequestError("this model reads its prompt bidirectionally (as LLaDA and Dream do), so no prompt "
                                "token is predicted from the ones before it and the prompt cannot be scored "
                                "(echo with logprobs needs a model with a causal prompt)")
         stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))

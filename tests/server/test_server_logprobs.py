@@ -172,6 +172,8 @@ def test_bidirectional_prompt_scoring_is_refused(llada_dir):
     ({"prompt": "x", "logprobs": 1.5}, "logprobs"),
     ({"prompt": "x", "max_tokens": 0, "logprobs": 1}, "max_tokens 0 is only valid with echo"),
     ({"prompt": "x", "max_tokens": -1, "echo": True}, "max_tokens"),
+    ({"prompt": [1, 2, 999999], "max_tokens": 0, "echo": True}, "outside the vocabulary"),  # checked, if unused
+    ({"prompt": [1, -2], "max_tokens": 0, "echo": True}, "outside the vocabulary"),
 ])
 def test_bad_logprob_requests_are_400(model_dirs, body, fragment):
     async def main():
