@@ -13,6 +13,7 @@ from .config import EngineConfig
 from .decoding import for_spec
 from .errors import RequestError
 from .kv_cache import PagePool, pages_for_budget
+from .logprobs import token_logprobs
 from .models.decoder import KVCache
 from .models.loader import load_model
 from .outputs import RequestOutput, StepStats
@@ -59,6 +60,10 @@ class Engine:
                 raise RequestError(f"block_size must be 1 for this autoregressive model, got {block}")
             raise RequestError(f"block_size must be a multiple of the model's training block size "
                                f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
+        if params.prompt_logprobs is not None and not spec.prompt_causal:
+            raise RequestError("this model reads its prompt bidirectionally (as LLaDA and Dream do), so no prompt "
+                               "token is predicted from the ones before it and the prompt cannot be scored "
+                               "(echo with logprobs needs a model with a causal prompt)")
         stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
         if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
             taus = (1.0, 1.0, 1.0)
@@ -67,7 +72,8 @@ class Engine:
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
                      max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
-                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop),
+                     logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
         """Every check add_request makes, without side effects: callers may run it on any thread."""
@@ -156,8 +162,14 @@ class Engine:
         return results
 
     def _advance(self, work, rows: torch.Tensor) -> int:
-        work.seq.num_forwards += 1
-        return self.algorithm.step(work, rows)
+        seq = work.seq
+        seq.num_forwards += 1
+        n = len(work.predict)
+        if work.score:  # row p scores prompt token p + 1
+            k = seq.knobs.prompt_logprobs
+            seq.prompt_logprobs.extend(token_logprobs(rows[n:], [seq.tokens[p + 1] for p in work.score],
+                                                      seq.knobs.temperature, k))
+        return self.algorithm.step(work, rows[:n])
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
         self.requests.pop(seq.request_id, None)
@@ -172,13 +184,15 @@ class Engine:
             self.scheduler.remove(seq)
             new, seq.emitted = answer[seq.emitted:], len(answer)
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
-                                 queue_seconds=_queue(seq))
+                                 queue_seconds=_queue(seq), prompt_logprobs=_prompt_logprobs(seq),
+                                 logprobs=_logprobs(seq, len(answer) + (reason == "stop")))  # and the stop token's
         boundary = min(self.algorithm.emit_boundary(seq), len(answer))
         if boundary <= seq.emitted:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
         return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len,
-                             queue_seconds=_queue(seq))
+                             queue_seconds=_queue(seq), logprobs=_logprobs(seq, boundary),
+                             prompt_logprobs=_prompt_logprobs(seq))
 
     def _record(self, works, committed: int, fwd: float, total: float) -> None:
         s = self.stats
@@ -215,6 +229,17 @@ def _temperature(t: float) -> float:
 
 def _queue(seq: Sequence) -> float | None:
     return None if seq.admitted is None else seq.admitted - seq.arrival
+
+
+def _logprobs(seq: Sequence, upto: int) -> list | None:
+    """The recorded log-probabilities of answer tokens [0, upto), if the request asked for them."""
+    if seq.knobs.logprobs is None:
+        return None
+    return [seq.logprobs[seq.prompt_len + i] for i in range(upto)]
+
+
+def _prompt_logprobs(seq: Sequence) -> list | None:
+    return None if seq.knobs.prompt_logprobs is None else seq.prompt_logprobs
 
 
 def _pick(value, default):

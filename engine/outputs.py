@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .logprobs import TokenLogprob
+
 
 @dataclass(slots=True)
 class RequestOutput:
@@ -15,6 +17,11 @@ class RequestOutput:
     num_prompt_tokens: int
     error: str | None = None   # a message safe to show the client when finish_reason == "error"
     queue_seconds: float | None = None  # arrival to first forward
+    # When asked (DecodeParams.logprobs / prompt_logprobs): one entry per token_ids token, then the stop
+    # token's when one ended the answer; and one per prompt token from the second on (complete in every
+    # output: the prompt is scored before any answer token is final).
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import RequestError
+from .logprobs import MAX_LOGPROBS
 
 # The paper's trade-off points (Dream, GSM8K): tau_act = tau_conf in {0.95, 0.9, 0.85}.
 SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
@@ -31,11 +32,20 @@ class DecodeParams:
     tau_add: float | None = None
     tau_act: float | None = None
     tau_conf: float | None = None
+    # Log-probabilities (engine/logprobs.py): None = not recorded; k = also the k most likely alternatives.
+    logprobs: int | None = None         # of every answer token, from the forward that committed it
+    prompt_logprobs: int | None = None  # of prompt tokens 1.. under a causal prompt (token 0 has none)
 
     def verify(self) -> None:
         """Raise RequestError naming the bad field; never assert on user input."""
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise RequestError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_LOGPROBS):
+                raise RequestError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {k!r}")
+        lowest = 0 if self.prompt_logprobs is not None else 1  # 0 tokens: score the prompt alone
+        if not isinstance(self.max_tokens, int) or self.max_tokens < lowest:
+            raise RequestError(f"max_tokens must be an integer >= 1 (0 only to score the prompt), "
+                               f"got {self.max_tokens!r}")
         _finite("temperature", self.temperature, 0.0, 100.0)
         _finite("top_p", self.top_p, 0.0, 1.0)
         if self.top_p <= 0.0:

@@ -1,7 +1,7 @@
 """Builds one packed forward from the scheduled windows, runs the model, hands back logits per sequence."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class Work:
     commit_upto: int
     predict: list[int]  # positions whose tokens this forward predicts
     add_block: bool = False  # the algorithm appends a block before the forward (predict includes it)
+    score: list[int] = field(default_factory=list)  # prompt positions p whose row scores prompt token p + 1
 
 
 def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> torch.Tensor:
@@ -56,7 +57,8 @@ class Runner:
         return (pages[:, None] * ps + torch.arange(ps)).flatten()[:n]
 
     def run(self, works: list[Work]) -> list[torch.Tensor]:
-        """One forward over every window; returns fp32 logits [len(w.predict), V] per work item."""
+        """One forward over every window; returns fp32 logits [len(w.predict) + len(w.score), V] per work
+        item: the predicted positions' rows, then the scored prompt rows."""
         ids, pos, write, windows, adapter_rows = [], [], [], [], []
         offset = 0
         dev = self.device
@@ -87,7 +89,8 @@ class Runner:
         return self._logits(works, hidden)
 
     def _logits(self, works: list[Work], hidden: torch.Tensor) -> list[torch.Tensor]:
-        """Logits only for predicted positions; shifted models read the row before each position."""
+        """Logits only for predicted positions (shifted models read the row before each position) and
+        scored prompt rows."""
         rows, saved, offset = [], [], 0
         extra = hidden.shape[0]  # saved rows (from earlier forwards) are appended after the packed ones
         for w in works:
@@ -98,6 +101,7 @@ class Runner:
                 else:  # the last committed position, computed when its block was committed
                     rows.append(extra + len(saved))
                     saved.append(w.seq.last_hidden)
+            rows.extend(offset + p - w.start for p in w.score)  # inside the window: the scheduler planned so
             if self.shift and w.commit_upto > w.start:
                 w.seq.last_hidden = hidden[offset + w.commit_upto - 1 - w.start].clone()
             offset += w.end - w.start
@@ -107,6 +111,7 @@ class Runner:
         logits = self.model.logits(source.index_select(0, idx))[:n]
         out, at = [], 0
         for w in works:
-            out.append(logits[at:at + len(w.predict)])
-            at += len(w.predict)
+            count = len(w.predict) + len(w.score)
+            out.append(logits[at:at + count])
+            at += count
         return out

@@ -13,6 +13,10 @@ from .kv_cache import PagePool
 from .runner import Work
 from .sequence import Sequence, Status
 
+# A request scoring its prompt gets fp32 logits for every prompt row: its prefill goes in chunks of at most
+# this many tokens, so those logits stay small (512 x a 150k vocabulary = 300 MB).
+SCORE_CHUNK = 512
+
 
 class Scheduler:
     def __init__(self, config: EngineConfig, pool: PagePool, algorithm: Algorithm, prompt_causal: bool,
@@ -45,8 +49,12 @@ class Scheduler:
         b = seq.knobs.block_size
         if not seq.blocks and seq.cached_len < seq.prompt_len:  # still prefilling the prompt
             rest = seq.prompt_len - seq.cached_len
+            if seq.knobs.prompt_logprobs is not None:  # only causal prompts are scored: they chunk exactly
+                budget = min(budget, SCORE_CHUNK)
+            if not seq.knobs.max_tokens:  # scoring the prompt alone: no answer block ever
+                b = 0
             if rest + b <= budget:
-                return seq.prompt_len + b, True
+                return seq.prompt_len + b, b > 0
             if self.prompt_causal and budget > 0:
                 return seq.cached_len + min(rest, budget), False  # exact: a causal prompt chunks
             return None
@@ -56,7 +64,7 @@ class Scheduler:
 
     def _make_work(self, seq: Sequence, end: int, add: bool) -> Work:
         if not seq.blocks and not add:  # a prompt chunk: all of it is final
-            return Work(seq, seq.cached_len, end, end, [])
+            return Work(seq, seq.cached_len, end, end, [], score=_score(seq, end))
         first = seq.first_active()
         commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
         last = seq.blocks[-1] if not add else None  # None: the block to add, all masks, comes last
@@ -65,7 +73,8 @@ class Scheduler:
             # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
             # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
             end -= 1
-        return Work(seq, seq.cached_len, end, commit_upto, self.algorithm.masked_positions(seq, add), add)
+        return Work(seq, seq.cached_len, end, commit_upto, self.algorithm.masked_positions(seq, add), add,
+                    _score(seq, end))
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's KV; it keeps its decoding state and recomputes its prefix when resumed."""
@@ -113,3 +122,11 @@ class Scheduler:
             works.append(self._make_work(seq, end, add))
             budget -= end - seq.cached_len
         return works
+
+
+def _score(seq: Sequence, end: int) -> list[int]:
+    """Prompt positions in the window [cached_len, end) whose row scores the next prompt token, for a request
+    that scores its prompt; rows scored before a preemption are not scored again."""
+    if seq.knobs.prompt_logprobs is None:
+        return []
+    return list(range(max(seq.cached_len, len(seq.prompt_logprobs)), min(end, seq.prompt_len - 1)))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .logprobs import TokenLogprob
+
 
 class Status(enum.Enum):
     WAITING = "waiting"
@@ -41,6 +43,8 @@ class Knobs:
     top_p: float
     top_k: int
     stop_ids: frozenset[int]
+    logprobs: int | None = None         # record answer tokens' log-probabilities, with k alternatives
+    prompt_logprobs: int | None = None  # score the prompt (causal prompts only), with k alternatives
 
 
 @dataclass(eq=False)
@@ -69,6 +73,11 @@ class Sequence:
     scanned: int = 0             # final answer tokens already checked for stop tokens
     # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
     last_hidden: torch.Tensor | None = None
+    # When knobs.logprobs is set: each committed answer position's log-probability, recorded at commit time
+    # by the decoding algorithm (Algorithm.record_logprobs) from the distribution that committed it.
+    logprobs: dict[int, TokenLogprob] = field(default_factory=dict)
+    # When knobs.prompt_logprobs is set: prompt tokens 1, 2, ... scored so far, in order.
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

@@ -13,6 +13,7 @@ from d2f.engine.engine import Engine
 from . import errors, routes
 from .admission import Admission
 from .limits import BodyLimit
+from .logprobs import TokenText
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -27,6 +28,7 @@ class ServerState:
         self.model_name = settings.model_name
         self.metrics = Metrics(self.model_name)
         self.tokenizer = None
+        self.token_text = None  # each token's text and bytes, for logprobs
         self.draining = False
         self.admission = Admission(settings.max_queue)
 
@@ -37,6 +39,7 @@ class ServerState:
             tokenizer = load_tokenizer(settings.engine.model)
             if tokenizer is None:
                 raise ValueError(f"{settings.engine.model}: no tokenizer files; the HTTP API needs one")
+            self.token_text = TokenText(tokenizer)
             self.tokenizer = tokenizer
             return engine
 

@@ -8,14 +8,17 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from d2f.engine.logprobs import MAX_LOGPROBS
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 
 MAX_N = 16
 MAX_STOP = 16
 MAX_PROMPTS = 64
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions; chat's top_logprobs goes to MAX_LOGPROBS
 # pydantic's lax mode reads true as 1; for these a boolean is always a client bug, so it is a 400.
 NUMERIC = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed", "temperature", "top_p",
-           "frequency_penalty", "presence_penalty", "speed", "block_size", "tau_add", "tau_act", "tau_conf", "top_k")
+           "frequency_penalty", "presence_penalty", "speed", "block_size", "tau_add", "tau_act", "tau_conf", "top_k",
+           "top_logprobs")
 
 
 class StreamOptions(BaseModel):
@@ -37,12 +40,17 @@ class _Common(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def logprob_knobs(self) -> tuple[int | None, int | None]:
+        """(alternatives per answer token, per prompt token): None where not asked for."""
+        return None, None
+
     def decode_params(self, max_tokens: int | None) -> DecodeParams:
         """The engine's knobs; explicit tau fields win over the speed preset."""
         conf = act = None
         if self.speed is not None:
             level = SPEED_PRESETS[self.speed] if isinstance(self.speed, str) else float(self.speed)
             conf, act = speed_to_taus(level)
+        logprobs, prompt_logprobs = self.logprob_knobs()
         return DecodeParams(
             max_tokens=max_tokens if max_tokens is not None else 16,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -50,7 +58,8 @@ class _Common(BaseModel):
             top_k=self.top_k or 0, seed=self.seed, ignore_eos=self.ignore_eos,
             block_size=self.block_size, tau_add=self.tau_add,
             tau_act=self.tau_act if self.tau_act is not None else act,
-            tau_conf=self.tau_conf if self.tau_conf is not None else conf)
+            tau_conf=self.tau_conf if self.tau_conf is not None else conf,
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
     @field_validator(*NUMERIC, mode="before", check_fields=False)
     @classmethod
@@ -95,8 +104,8 @@ class _CompletionFields(_Common):
     echo: bool = False
     frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: int | None = None
-    max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    max_tokens: int | None = Field(16, ge=0, le=1_000_000)
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(0.0, ge=-2, le=2)
     seed: int | None = Field(None, ge=0, lt=2**63)
@@ -108,13 +117,20 @@ class _CompletionFields(_Common):
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
 
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs_not_bool(cls, v):
+        if isinstance(v, bool):  # chat's logprobs is a boolean; here it counts alternatives
+            raise ValueError(f"must be an integer in [0, {MAX_COMPLETION_LOGPROBS}] (alternatives per token), "
+                             "not a boolean")
+        return v
+
     @model_validator(mode="after")
     def _supported(self):
         self._check_unsupported()
-        if self.logprobs is not None:
-            raise ValueError("logprobs is not supported yet")
-        if self.echo:
-            raise ValueError("echo is not supported")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 is only valid with echo (it returns, or with logprobs scores, "
+                             "the prompt alone)")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
@@ -128,6 +144,9 @@ class _CompletionFields(_Common):
             if isinstance(p[0], list) and any(not x for x in p):
                 raise ValueError("token-id prompts must not be empty")
         return self
+
+    def logprob_knobs(self) -> tuple[int | None, int | None]:
+        return self.logprobs, (self.logprobs if self.echo else None)
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -191,20 +210,23 @@ class _ChatFields(_Common):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     tools: list | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
 
     @model_validator(mode="after")
     def _supported(self):
         self._check_unsupported()
-        if self.logprobs or self.top_logprobs:
-            raise ValueError("logprobs is not supported yet")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.tools:
             raise ValueError("tools are not supported")
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise ValueError("only response_format type 'text' is supported")
         return self
+
+    def logprob_knobs(self) -> tuple[int | None, int | None]:
+        return ((self.top_logprobs or 0) if self.logprobs else None), None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import time
 import uuid
@@ -55,17 +56,19 @@ def _admit(state, model: str | None, n: int) -> Ticket:
 
 
 def _params(state, body, prompt_ids: list[int], max_tokens: int | None, index: int):
-    """DecodeParams for one choice, checked against the model now so a bad value is a 400, not a stream."""
+    """DecodeParams for one choice, checked against the model now so a bad value is a 400, not a stream;
+    None when the choice needs no model (echo with max_tokens 0 and no logprobs: the prompt is the answer)."""
     params = body.decode_params(max_tokens)
+    echo_only = params.max_tokens == 0 and params.prompt_logprobs is None
     if body.seed is not None:
         params.seed = body.seed + index
-    try:
-        state.engine.validate(prompt_ids, params)
+    try:  # an echo alone still gets its prompt checked (token ids in the vocabulary, the context's length)
+        state.engine.validate(prompt_ids, dataclasses.replace(params, max_tokens=1) if echo_only else params)
     except RequestError as exc:
         raise APIError(400, str(exc)) from None
     except Exception:  # noqa: BLE001 - our bug
         raise internal_error("request check failed") from None
-    return params
+    return None if echo_only else params
 
 
 async def _tokenize(fn, *args):
@@ -76,18 +79,20 @@ async def _tokenize(fn, *args):
 
 
 async def _serve(request: Request, state, ticket: Ticket, body, prompts: list[list[int]], max_tokens,
-                 shape_cls) -> Response:
+                 shape_cls, echo=None) -> Response:
+    """echo: for a completion with echo, (prompt index) -> the text its choices send before the answer."""
     arrival = time.monotonic()
     runs = []
     for p_idx, ids in enumerate(prompts):
         limit = max_tokens(ids)
+        params = [_params(state, body, ids, limit, j) for j in range(body.n)]
+        text = await echo(p_idx) if echo else None  # once the prompt is known to be good
         for j in range(body.n):
-            params = _params(state, body, ids, limit, j)
-            runs.append(ChoiceRun(state, p_idx * body.n + j, ids, params, body.stop_list(), arrival))
+            runs.append(ChoiceRun(state, p_idx * body.n + j, ids, params[j], body.stop_list(), arrival, echo=text))
     prompt_tokens = sum(len(p) for p in prompts) * body.n
     state.metrics.prompt_tokens.inc(prompt_tokens)
     include = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    shape = shape_cls(uuid.uuid4().hex, int(time.time()), state.model_name, include)
+    shape = shape_cls(uuid.uuid4().hex, int(time.time()), state.model_name, include, state.token_text)
     timeout = state.settings.request_timeout
     if body.stream:
         final = (lambda: shape.usage_chunk(usage(runs, prompt_tokens))) if include else None
@@ -110,7 +115,12 @@ async def completions(body: CompletionRequest, request: Request):
             if not ids:
                 raise APIError(400, "prompt is empty after tokenization", param="prompt")
             prompts.append(list(ids))
-        return await _serve(request, state, ticket, body, prompts, lambda ids: body.max_tokens, CompletionShape)
+
+        async def echo(i: int) -> str:  # the prompt as sent; token ids as they decode
+            return raw[i] if isinstance(raw[i], str) else await _tokenize(state.tokenizer.decode, prompts[i])
+
+        return await _serve(request, state, ticket, body, prompts, lambda ids: body.max_tokens, CompletionShape,
+                            echo if body.echo else None)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(require_key)])

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from d2f.engine.async_engine import EngineDeadError
 from d2f.engine.errors import RequestError
+from d2f.engine.logprobs import TokenLogprob
 from d2f.engine.params import DecodeParams
 
 from .errors import INTERNAL, APIError, error_body, internal_error
@@ -26,6 +27,7 @@ class Delta:
     text: str
     finish_reason: str | None = None  # set on exactly one delta per choice
     error: str | None = None
+    logprobs: list | None = None  # TokenLogprob of each token this delta's text came from, when asked
 
 
 @dataclass
@@ -34,20 +36,46 @@ class ChoiceRun:
     state: object
     index: int
     prompt_ids: list[int]
-    params: DecodeParams
+    params: DecodeParams | None  # None: echo with max_tokens 0 and no logprobs, which needs no model
     stop: list[str]
     arrival: float
+    echo: str | None = None  # the prompt's text, sent before the answer
+    echoed: bool = False
     text: str = ""
+    logprobs: list = field(default_factory=list)  # what the deltas carried: the echoed prompt's, then the answer's
     finish_reason: str | None = None
     completion_tokens: int = 0
     forwards: int = 0
     error: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.params is not None and self.params.logprobs is not None
+
+    def _delta(self, text: str, finish_reason: str | None = None, logprobs: list | None = None,
+               prompt_logprobs: list | None = None) -> Delta:
+        """A delta of this choice; the first one carries the echoed prompt (and its logprobs) before the answer."""
+        if self.echo is not None and not self.echoed:
+            self.echoed = True
+            text = self.echo + text
+            if prompt_logprobs is not None:  # the first prompt token has no log-probability: nothing predicts it
+                logprobs = [TokenLogprob(self.prompt_ids[0], None, None)] + prompt_logprobs + (logprobs or [])
+        self.text += text
+        if logprobs is not None:
+            self.logprobs.extend(logprobs)
+        return Delta(self.index, text, finish_reason, logprobs=logprobs)
+
     async def deltas(self) -> AsyncIterator[Delta]:
+        if self.params is None:
+            self.finish_reason = "length"
+            yield self._delta("", "length")
+            self._record()
+            return
         st = self.state
         stream = TextStream(st.tokenizer, self.stop)
         last = None
+        sent = 0  # answer tokens whose logprobs were sent
         agen = st.engine.generate(self.prompt_ids, self.params, self.request_id)
         try:
             async for out in agen:
@@ -67,18 +95,24 @@ class ChoiceRun:
                     yield Delta(self.index, "", "error", self.error)
                     return
                 delta, stopped = stream.update(out.token_ids, out.finished)
-                self.text += delta
                 self.completion_tokens = len(out.token_ids)
+                lps = None
+                if out.logprobs is not None:
+                    # The tokens behind the text sent so far: a stop string cuts logprobs where it cuts text.
+                    # At the end, all of them, with a stop token's last (vLLM lists it; the text has none).
+                    upto = len(out.logprobs) if out.finished and not stopped else stream.covering(out.token_ids, sent)
+                    lps, sent = out.logprobs[sent:upto], upto
+                first = self.echo is not None and not self.echoed
                 if stopped:
                     self.finish_reason = "stop"
-                    yield Delta(self.index, delta, "stop")
+                    yield self._delta(delta, "stop", lps, out.prompt_logprobs)
                     return  # leaving the engine stream aborts the request and frees its KV
                 if out.finished:
                     self.finish_reason = out.finish_reason
-                    yield Delta(self.index, delta, out.finish_reason)
+                    yield self._delta(delta, out.finish_reason, lps, out.prompt_logprobs)
                     return
-                if delta:
-                    yield Delta(self.index, delta)
+                if delta or lps or first:
+                    yield self._delta(delta, None, lps, out.prompt_logprobs)
         finally:
             await agen.aclose()
             self._record()

@@ -31,6 +31,14 @@ class TextStream:
         self.sent = text[:end]
         return delta, False
 
+    def covering(self, ids: list[int], start: int) -> int:
+        """The fewest answer tokens (at least start) whose text covers all the text sent so far: the tokens
+        whose logprobs go out with it, so a stop string cuts the logprobs where it cuts the text."""
+        k = start
+        while k < len(ids) and len(self._decode(ids[:k])) < len(self.sent):
+            k += 1
+        return k
+
     def _first_stop(self, text: str) -> int | None:
         """Earliest start of a stop string; none can start inside sent text (its tail was held back)."""
         best = None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..logprobs import token_logprobs
 from ..sequence import Block, Knobs, Sequence
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class Algorithm:
             raise FloatingPointError("non-finite logits")
         x0, conf = self.choose(logits, seq.knobs, seq.generator)
         n = self.commit(seq, work.predict, x0, conf)
+        if seq.knobs.logprobs is not None:  # every predicted position was masked: unmasked now = committed now
+            rows = [i for i, p in enumerate(work.predict) if not seq.is_masked[p]]
+            self.record_logprobs(seq, [work.predict[i] for i in rows], logits[rows])
         self.finish_blocks(seq)
         return n
 
@@ -119,6 +123,17 @@ class Algorithm:
             committed += len(chosen)
         return committed
 
+    def record_logprobs(self, seq: Sequence, positions: list[int], logits: torch.Tensor) -> None:
+        """The one place a committed token's log-probability is recorded: an algorithm calls it when it
+        commits tokens at positions, with the fp32 logits rows [len(positions), V] that committed them (a
+        verifying algorithm passes its verifier's rows). Recorded only if the request asked for logprobs."""
+        k = seq.knobs.logprobs
+        if k is None or not positions:
+            return
+        tokens = [seq.tokens[p] for p in positions]
+        for pos, lp in zip(positions, token_logprobs(logits, tokens, seq.knobs.temperature, k)):
+            seq.logprobs[pos] = lp
+
     def select(self, blk: Block, rows: list[int], confs: list[float], tau_conf: float) -> list[int]:
         """The rows (indices into this forward's predictions, in position order) of one block's masks
         to commit; rows[0] == 0 means the block holds the sequence's leftmost mask."""
@@ -155,7 +170,8 @@ class Algorithm:
             if answer[i] in knobs.stop_ids:
                 return answer[:i], "stop"
         seq.scanned = ready
-        if ready == knobs.max_tokens:
+        # max_tokens 0 (scoring the prompt alone) is done once the whole prompt went through the model.
+        if ready == knobs.max_tokens and (ready or seq.cached_len >= seq.prompt_len):
             return answer, "length"
         return answer, None
 

@@ -21,9 +21,13 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = write_tiny_server_model(tmp_path_factory.mktemp("live") / "tiny-d2f", d2f=True)
-    srv = LiveServer("--model", str(model), "--dtype", "fp32", "--served-model-name", "tiny",
+def model_dir(tmp_path_factory):
+    return write_tiny_server_model(tmp_path_factory.mktemp("live") / "tiny-d2f", d2f=True)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    srv = LiveServer("--model", str(model_dir), "--dtype", "fp32", "--served-model-name", "tiny",
                      env={"D2F_API_KEY": KEY})
     yield srv
     srv.stop()
@@ -76,11 +80,65 @@ def test_openai_errors(client, server):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=5)
     assert e.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=2)
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=6)  # OpenAI's limit is 5
     assert "logprobs" in e.value.body["message"]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.post(server.url + "/v1/completions", json={"prompt": "x"}).status_code == 401
+
+
+# vLLM's test_echo_stream_completion and test_echo_logprob_completion (tests/entrypoints/openai), against
+# our server: text and token-id prompts, echo streamed and not, with logprobs 0 and 1.
+ECHO_PROMPTS = ["Hello, my name is", [0, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("prompt", ECHO_PROMPTS)
+def test_echo_stream_completion(client, model_dir, prompt):
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(str(model_dir)).decode(prompt) if isinstance(prompt, list) else prompt
+    whole = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True)
+    assert whole.choices[0].text.startswith(text) and len(whole.choices[0].text) > len(text)
+    stream = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                       stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].text.startswith(text)  # the prompt comes first, in the first chunk
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert sum(c.choices[0].finish_reason is not None for c in chunks) == 1
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("logprobs_arg", [1, 0])
+@pytest.mark.parametrize("prompt", ECHO_PROMPTS)
+def test_echo_logprob_completion(client, model_dir, prompt, logprobs_arg):
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(str(model_dir)).decode(prompt) if isinstance(prompt, list) else prompt
+    completion = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                           logprobs=logprobs_arg)
+    assert completion.choices[0].text.startswith(text)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert len(logprobs.text_offset) > 5
+    assert len(logprobs.token_logprobs) > 5 and logprobs.token_logprobs[0] is None
+    assert len(logprobs.top_logprobs) > 5 and logprobs.top_logprobs[0] is None
+    for top_logprobs in logprobs.top_logprobs[1:]:
+        assert max(logprobs_arg, 1) <= len(top_logprobs) <= logprobs_arg + 1
+    assert len(logprobs.tokens) > 5
+    streamed = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                              logprobs=logprobs_arg, stream=True))
+    assert [t for c in streamed for t in c.choices[0].logprobs.tokens] == logprobs.tokens
+    assert [t for c in streamed for t in c.choices[0].logprobs.token_logprobs] == logprobs.token_logprobs
+    assert [t for c in streamed for t in c.choices[0].logprobs.text_offset] == logprobs.text_offset
+
+
+def test_chat_logprobs_through_the_client(client):
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hey"}], max_tokens=6,
+                                          temperature=0, logprobs=True, top_logprobs=2,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 6 and all(len(c.top_logprobs) == 2 and c.bytes is not None for c in content)
+    assert content[0].logprob <= content[0].top_logprobs[0].logprob
 
 
 def test_stop_strings_and_seeded_sampling(client):

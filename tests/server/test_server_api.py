@@ -140,8 +140,9 @@ def test_stop_string_is_never_emitted(model_dirs):
     ({"prompt": "x", "max_tokens": 2.5}, 400, "max_tokens"),
     ({"prompt": "x", "n": 0}, 400, "n"),
     ({"prompt": "x", "n": True}, 400, "n"),
-    ({"prompt": "x", "logprobs": 2}, 400, None),
-    ({"prompt": "x", "echo": True}, 400, None),
+    ({"prompt": "x", "logprobs": 6}, 400, "logprobs"),  # logprobs and echo work now: their bad values are 400s
+    ({"prompt": "x", "logprobs": True}, 400, "logprobs"),
+    ({"prompt": "x", "max_tokens": 0}, 400, None),  # 0 only with echo
     ({"prompt": "x", "presence_penalty": 1}, 400, None),
     ({"prompt": "x", "block_size": 3}, 400, None),
     ({"prompt": "x", "speed": "warp"}, 400, "speed"),
@@ -174,7 +175,8 @@ def test_errors_are_openai_shaped(model_dirs, body, status, param):
      "only text content parts"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
     ({"messages": []}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs needs logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, "response_format"),
 ])

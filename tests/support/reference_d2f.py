@@ -40,8 +40,10 @@ def full_logits(model, tokens: list[int], prompt_len: int, block: int, prompt_ca
 
 
 def reference_decode(model, prompt: list[int], *, block: int, tau_add: float, tau_act: float, tau_conf: float,
-                     max_tokens: int, mask_id: int, stop_ids: set[int]) -> tuple[list[int], int]:
-    """Greedy D2F. Returns (answer up to the first stop token / max_tokens, forwards used)."""
+                     max_tokens: int, mask_id: int, stop_ids: set[int],
+                     record: dict | None = None) -> tuple[list[int], int]:
+    """Greedy D2F. Returns (answer up to the first stop token / max_tokens, forwards used). With record, also
+    fills record[position] = log-probability of the token committed there, in the forward that committed it."""
     spec = model.spec
     x = list(prompt)
     is_m = [False] * len(x)  # tracked apart from x: a committed token may equal mask_id
@@ -83,6 +85,8 @@ def reference_decode(model, prompt: list[int], *, block: int, tau_add: float, ta
                 pick = [int(torch.argmax(conf))]
             for i in pick:
                 x[pos[i]], is_m[pos[i]] = int(x0[i]), False
+                if record is not None:
+                    record[pos[i]] = torch.log_softmax(rows.float(), dim=-1)[i, int(x0[i])].item()
                 eos_seen |= int(x0[i]) in stop_ids
         earlier_active = False
         for b in blocks[1:]:
