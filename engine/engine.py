@@ -15,7 +15,7 @@ from .errors import RequestError
 from .kv_cache import PagePool, pages_for_budget
 from .models.decoder import KVCache
 from .models.loader import load_model
-from .outputs import RequestOutput, StepStats
+from .outputs import RequestOutput, StepRecord, StepStats
 from .params import DecodeParams
 from .runner import Runner
 from .scheduler import Scheduler
@@ -96,7 +96,7 @@ class Engine:
             gen = torch.Generator(device=self.model.device).manual_seed(seed)
         seq = Sequence(request_id, list(prompt_ids), knobs,
                        mask_id=self.spec.mask_token_id if self.spec.is_d2f else AR_PLACEHOLDER_ID,
-                       generator=gen, order=next(self._order))
+                       generator=gen, order=next(self._order), steps=[] if params.record_steps else None)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 
@@ -157,7 +157,24 @@ class Engine:
 
     def _advance(self, work, rows: torch.Tensor) -> int:
         work.seq.num_forwards += 1
-        return self.algorithm.step(work, rows)
+        if work.seq.steps is None:
+            return self.algorithm.step(work, rows)
+        return self._recorded_step(work, rows)
+
+    def _recorded_step(self, work, rows: torch.Tensor) -> int:
+        """The algorithm's step, with a StepRecord of what it did for a request that asked for steps."""
+        seq = work.seq
+        p = seq.prompt_len
+        blocks = [(b.start, b.end) for b in seq.blocks[seq.first_active():]] if work.predict else []
+        before = [i for s, e in blocks for i in range(s, e) if seq.is_masked[i]]
+        seq.record = StepRecord(seq.num_forwards, [(s - p, e - p) for s, e in blocks])
+        n = self.algorithm.step(work, rows)
+        record, seq.record = seq.record, None
+        # Read off the sequence, so it holds for every algorithm: a position is final once it is unmasked.
+        record.committed = [(i - p, seq.tokens[i]) for i in before if not seq.is_masked[i]]
+        record.masked = [[i - p for i in range(s, e) if seq.is_masked[i]] for s, e in blocks]
+        seq.steps.append(record)
+        return n
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
         self.requests.pop(seq.request_id, None)
@@ -172,13 +189,13 @@ class Engine:
             self.scheduler.remove(seq)
             new, seq.emitted = answer[seq.emitted:], len(answer)
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
-                                 queue_seconds=_queue(seq))
-        boundary = min(self.algorithm.emit_boundary(seq), len(answer))
-        if boundary <= seq.emitted:
+                                 queue_seconds=_queue(seq), steps=_take_steps(seq))
+        boundary = max(min(self.algorithm.emit_boundary(seq), len(answer)), seq.emitted)
+        if boundary == seq.emitted and not seq.steps:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
         return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len,
-                             queue_seconds=_queue(seq))
+                             queue_seconds=_queue(seq), steps=_take_steps(seq))
 
     def _record(self, works, committed: int, fwd: float, total: float) -> None:
         s = self.stats
@@ -215,6 +232,13 @@ def _temperature(t: float) -> float:
 
 def _queue(seq: Sequence) -> float | None:
     return None if seq.admitted is None else seq.admitted - seq.arrival
+
+
+def _take_steps(seq: Sequence) -> list[StepRecord] | None:
+    if seq.steps is None:
+        return None
+    steps, seq.steps = seq.steps, []
+    return steps
 
 
 def _pick(value, default):

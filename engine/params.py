@@ -31,6 +31,8 @@ class DecodeParams:
     tau_add: float | None = None
     tau_act: float | None = None
     tau_conf: float | None = None
+    # Hand out a StepRecord per forward (what the playground draws); off, nothing is recorded.
+    record_steps: bool = False
 
     def verify(self) -> None:
         """Raise RequestError naming the bad field; never assert on user input."""

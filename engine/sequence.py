@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .outputs import StepRecord
+
 
 class Status(enum.Enum):
     WAITING = "waiting"
@@ -69,6 +71,10 @@ class Sequence:
     scanned: int = 0             # final answer tokens already checked for stop tokens
     # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
     last_hidden: torch.Tensor | None = None
+    # Requests that asked for steps (else None): records not yet handed out, and the record of the forward
+    # being decoded, on which an algorithm that drafts notes its drafts.
+    steps: list[StepRecord] | None = None
+    record: StepRecord | None = None
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

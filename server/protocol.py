@@ -21,6 +21,8 @@ NUMERIC = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed", "tempe
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+    # ---- our extension: a step event per forward (README, "The step stream")
+    include_steps: bool = False
 
 
 class _Common(BaseModel):
@@ -50,7 +52,11 @@ class _Common(BaseModel):
             top_k=self.top_k or 0, seed=self.seed, ignore_eos=self.ignore_eos,
             block_size=self.block_size, tau_add=self.tau_add,
             tau_act=self.tau_act if self.tau_act is not None else act,
-            tau_conf=self.tau_conf if self.tau_conf is not None else conf)
+            tau_conf=self.tau_conf if self.tau_conf is not None else conf,
+            record_steps=self.wants_steps())
+
+    def wants_steps(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_steps)
 
     @field_validator(*NUMERIC, mode="before", check_fields=False)
     @classmethod

@@ -15,6 +15,7 @@ from d2f.engine.errors import RequestError
 from d2f.engine.params import DecodeParams
 
 from .errors import INTERNAL, APIError, error_body, internal_error
+from .steps import StepEvents, step_frame
 from .textstream import TextStream
 
 log = logging.getLogger("d2f.requests")
@@ -26,6 +27,7 @@ class Delta:
     text: str
     finish_reason: str | None = None  # set on exactly one delta per choice
     error: str | None = None
+    steps: list[dict] | None = None  # step events since the previous delta (include_steps only)
 
 
 @dataclass
@@ -47,16 +49,19 @@ class ChoiceRun:
     async def deltas(self) -> AsyncIterator[Delta]:
         st = self.state
         stream = TextStream(st.tokenizer, self.stop)
+        step_events = StepEvents(st.tokenizer, self.index)
         last = None
         agen = st.engine.generate(self.prompt_ids, self.params, self.request_id)
         try:
             async for out in agen:
-                now = time.monotonic()
-                st.metrics.ttfb.observe(now - self.arrival) if last is None else st.metrics.inter_block.observe(
-                    now - last)
-                if last is None and out.queue_seconds is not None:
-                    st.metrics.queue.observe(out.queue_seconds)
-                last = now
+                steps = [step_events.event(r) for r in out.steps] if out.steps else None
+                if out.new_token_ids or out.finished:  # a block (or the end), not just a step record
+                    now = time.monotonic()
+                    st.metrics.ttfb.observe(now - self.arrival) if last is None else st.metrics.inter_block.observe(
+                        now - last)
+                    if last is None and out.queue_seconds is not None:
+                        st.metrics.queue.observe(out.queue_seconds)
+                    last = now
                 self.forwards = out.num_forwards
                 if out.finish_reason == "error":
                     self.finish_reason, self.error = "error", out.error or "internal error"
@@ -71,14 +76,14 @@ class ChoiceRun:
                 self.completion_tokens = len(out.token_ids)
                 if stopped:
                     self.finish_reason = "stop"
-                    yield Delta(self.index, delta, "stop")
+                    yield Delta(self.index, delta, "stop", steps=steps)
                     return  # leaving the engine stream aborts the request and frees its KV
                 if out.finished:
                     self.finish_reason = out.finish_reason
-                    yield Delta(self.index, delta, out.finish_reason)
+                    yield Delta(self.index, delta, out.finish_reason, steps=steps)
                     return
-                if delta:
-                    yield Delta(self.index, delta)
+                if delta or steps:
+                    yield Delta(self.index, delta, steps=steps)
         finally:
             await agen.aclose()
             self._record()
@@ -189,7 +194,8 @@ async def collect_unless_gone(request, runs: list[ChoiceRun], timeout: float) ->
 
 
 async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: float) -> AsyncIterator[str]:
-    """SSE frames: chunk(delta) per block, an error event if a choice fails, usage, then [DONE]."""
+    """SSE frames: chunk(delta) per block (step events before it if asked), an error event if a choice fails,
+    usage, then [DONE]."""
     deltas = merged(runs)
     deadline = time.monotonic() + timeout
     try:
@@ -205,7 +211,10 @@ async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: floa
                 status = 503 if runs[0].state.draining else 500
                 yield sse(error_body(status, d.error))
                 continue
-            yield sse(chunk(d))
+            for event in d.steps or ():  # before the chunk that carries their text
+                yield step_frame(event)
+            if d.text or d.finish_reason is not None:
+                yield sse(chunk(d))
     except EngineDeadError:
         yield sse(error_body(503, "the engine is not running"))
     except RequestError as exc:  # the engine refused a request after all: the client's error
