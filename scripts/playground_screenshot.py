@@ -27,7 +27,7 @@ def main() -> None:
     with LiveServer("--model", args.model, ready_timeout=600) as server:
         # The first request pays one-time costs; the figures in the picture should be the steady ones.
         httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 8}, timeout=600)
-        driver = browser.launch(width=1440, height=980)
+        driver = browser.launch(width=1440, height=780)
         try:
             page = browser.PlaygroundPage(driver, server.url)
             page.side_by_side()
