@@ -16,7 +16,7 @@ from .kv_cache import PagePool, pages_for_budget
 from .logprobs import token_logprobs
 from .models.decoder import KVCache
 from .models.loader import load_model
-from .outputs import RequestOutput, StepStats
+from .outputs import RequestOutput, StepRecord, StepStats
 from .params import DecodeParams
 from .runner import Runner
 from .scheduler import Scheduler
@@ -102,7 +102,7 @@ class Engine:
             gen = torch.Generator(device=self.model.device).manual_seed(seed)
         seq = Sequence(request_id, list(prompt_ids), knobs,
                        mask_id=self.spec.mask_token_id if self.spec.is_d2f else AR_PLACEHOLDER_ID,
-                       generator=gen, order=next(self._order))
+                       generator=gen, order=next(self._order), steps=[] if params.record_steps else None)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 
@@ -169,7 +169,24 @@ class Engine:
             k = seq.knobs.prompt_logprobs
             seq.prompt_logprobs.extend(token_logprobs(rows[n:], [seq.tokens[p + 1] for p in work.score],
                                                       seq.knobs.temperature, k))
-        return self.algorithm.step(work, rows[:n])
+        if seq.steps is None:
+            return self.algorithm.step(work, rows[:n])
+        return self._recorded_step(work, rows[:n])
+
+    def _recorded_step(self, work, rows: torch.Tensor) -> int:
+        """The algorithm's step, with a StepRecord of what it did for a request that asked for steps."""
+        seq = work.seq
+        p = seq.prompt_len
+        blocks = [(b.start, b.end) for b in seq.blocks[seq.first_active():]] if work.predict else []
+        before = [i for s, e in blocks for i in range(s, e) if seq.is_masked[i]]
+        seq.record = StepRecord(seq.num_forwards, [(s - p, e - p) for s, e in blocks])
+        n = self.algorithm.step(work, rows)
+        record, seq.record = seq.record, None
+        # Read off the sequence, so it holds for every algorithm: a position is final once it is unmasked.
+        record.committed = [(i - p, seq.tokens[i]) for i in before if not seq.is_masked[i]]
+        record.masked = [[i - p for i in range(s, e) if seq.is_masked[i]] for s, e in blocks]
+        seq.steps.append(record)
+        return n
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
         self.requests.pop(seq.request_id, None)
@@ -185,14 +202,15 @@ class Engine:
             new, seq.emitted = answer[seq.emitted:], len(answer)
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
                                  queue_seconds=_queue(seq), prompt_logprobs=_prompt_logprobs(seq),
-                                 logprobs=_logprobs(seq, len(answer) + (reason == "stop")))  # and the stop token's
-        boundary = min(self.algorithm.emit_boundary(seq), len(answer))
-        if boundary <= seq.emitted:
+                                 logprobs=_logprobs(seq, len(answer) + (reason == "stop")),  # and the stop token's
+                                 steps=_take_steps(seq))
+        boundary = max(min(self.algorithm.emit_boundary(seq), len(answer)), seq.emitted)
+        if boundary == seq.emitted and not seq.steps:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
         return RequestOutput(seq.request_id, new, answer[:boundary], False, None, seq.num_forwards, seq.prompt_len,
                              queue_seconds=_queue(seq), logprobs=_logprobs(seq, boundary),
-                             prompt_logprobs=_prompt_logprobs(seq))
+                             prompt_logprobs=_prompt_logprobs(seq), steps=_take_steps(seq))
 
     def _record(self, works, committed: int, fwd: float, total: float) -> None:
         s = self.stats
@@ -240,6 +258,13 @@ def _logprobs(seq: Sequence, upto: int) -> list | None:
 
 def _prompt_logprobs(seq: Sequence) -> list | None:
     return None if seq.knobs.prompt_logprobs is None else seq.prompt_logprobs
+
+
+def _take_steps(seq: Sequence) -> list[StepRecord] | None:
+    if seq.steps is None:
+        return None
+    steps, seq.steps = seq.steps, []
+    return steps
 
 
 def _pick(value, default):

@@ -1,9 +1,26 @@
-"""What the engine hands out: per-request outputs and per-step stats (plain dataclasses)."""
+"""What the engine hands out: per-request outputs, per-forward step records and per-step stats (plain
+dataclasses)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .logprobs import TokenLogprob
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """What one forward did to one request, made only for a request that asked for it
+    (DecodeParams.record_steps). Positions count from the answer's first token."""
+    forward: int                   # the request's forwards so far, this one included
+    blocks: list[tuple[int, int]]  # [start, end) of each answer block in flight in this forward, in order
+    masked: list[list[int]] = field(default_factory=list)  # per block: its positions still masked after it
+    committed: list[tuple[int, int]] = field(default_factory=list)  # (position, token id) made final by it
+    # Filled by an algorithm that drafts and verifies (the others leave them empty): (position, token id)
+    # of the drafts this forward proposed, and of earlier drafts it accepted (those are in committed too)
+    # or rejected.
+    proposed: list[tuple[int, int]] = field(default_factory=list)
+    accepted: list[tuple[int, int]] = field(default_factory=list)
+    rejected: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -22,6 +39,9 @@ class RequestOutput:
     # output: the prompt is scored before any answer token is final).
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    # Requests that asked for steps: a record per forward since the previous output. Such a request also
+    # gets an output after a forward that finished no block (new_token_ids empty).
+    steps: list[StepRecord] | None = None
 
 
 @dataclass(slots=True)

@@ -35,6 +35,8 @@ class DecodeParams:
     # Log-probabilities (engine/logprobs.py): None = not recorded; k = also the k most likely alternatives.
     logprobs: int | None = None         # of every answer token, from the forward that committed it
     prompt_logprobs: int | None = None  # of prompt tokens 1.. under a causal prompt (token 0 has none)
+    # Hand out a StepRecord per forward (what the playground draws); off, nothing is recorded.
+    record_steps: bool = False
 
     def verify(self) -> None:
         """Raise RequestError naming the bad field; never assert on user input."""

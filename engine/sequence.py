@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .logprobs import TokenLogprob
+from .outputs import StepRecord
 
 
 class Status(enum.Enum):
@@ -78,6 +79,10 @@ class Sequence:
     logprobs: dict[int, TokenLogprob] = field(default_factory=dict)
     # When knobs.prompt_logprobs is set: prompt tokens 1, 2, ... scored so far, in order.
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Requests that asked for steps (else None): records not yet handed out, and the record of the forward
+    # being decoded, on which an algorithm that drafts notes its drafts.
+    steps: list[StepRecord] | None = None
+    record: StepRecord | None = None
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

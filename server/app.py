@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from d2f.engine.async_engine import AsyncEngine
 from d2f.engine.engine import Engine
 
-from . import errors, routes
+from . import errors, playground, routes
 from .admission import Admission
 from .limits import BodyLimit
 from .logprobs import TokenText
@@ -77,6 +77,8 @@ def build_app(settings: ServerSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.include_router(routes.router)
+    if not settings.no_playground:
+        app.include_router(playground.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

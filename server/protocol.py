@@ -24,6 +24,8 @@ NUMERIC = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed", "tempe
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+    # ---- our extension: a step event per forward (README, "The step stream")
+    include_steps: bool = False
 
 
 class _Common(BaseModel):
@@ -59,7 +61,11 @@ class _Common(BaseModel):
             block_size=self.block_size, tau_add=self.tau_add,
             tau_act=self.tau_act if self.tau_act is not None else act,
             tau_conf=self.tau_conf if self.tau_conf is not None else conf,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            record_steps=self.wants_steps())
+
+    def wants_steps(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_steps)
 
     @field_validator(*NUMERIC, mode="before", check_fields=False)
     @classmethod

@@ -16,6 +16,7 @@ from d2f.engine.logprobs import TokenLogprob
 from d2f.engine.params import DecodeParams
 
 from .errors import INTERNAL, APIError, error_body, internal_error
+from .steps import StepEvents, step_frame
 from .textstream import TextStream
 
 log = logging.getLogger("d2f.requests")
@@ -28,6 +29,7 @@ class Delta:
     finish_reason: str | None = None  # set on exactly one delta per choice
     error: str | None = None
     logprobs: list | None = None  # TokenLogprob of each token this delta's text came from, when asked
+    steps: list[dict] | None = None  # step events since the previous delta (include_steps only)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ChoiceRun:
         return self.params is not None and self.params.logprobs is not None
 
     def _delta(self, text: str, finish_reason: str | None = None, logprobs: list | None = None,
-               prompt_logprobs: list | None = None) -> Delta:
+               prompt_logprobs: list | None = None, steps: list[dict] | None = None) -> Delta:
         """A delta of this choice; the first one carries the echoed prompt (and its logprobs) before the answer."""
         if self.echo is not None and not self.echoed:
             self.echoed = True
@@ -64,7 +66,7 @@ class ChoiceRun:
         self.text += text
         if logprobs is not None:
             self.logprobs.extend(logprobs)
-        return Delta(self.index, text, finish_reason, logprobs=logprobs)
+        return Delta(self.index, text, finish_reason, logprobs=logprobs, steps=steps)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         if self.params is None:
@@ -74,17 +76,20 @@ class ChoiceRun:
             return
         st = self.state
         stream = TextStream(st.tokenizer, self.stop)
+        step_events = StepEvents(st.tokenizer, self.index)
         last = None
         sent = 0  # answer tokens whose logprobs were sent
         agen = st.engine.generate(self.prompt_ids, self.params, self.request_id)
         try:
             async for out in agen:
-                now = time.monotonic()
-                st.metrics.ttfb.observe(now - self.arrival) if last is None else st.metrics.inter_block.observe(
-                    now - last)
-                if last is None and out.queue_seconds is not None:
-                    st.metrics.queue.observe(out.queue_seconds)
-                last = now
+                steps = [step_events.event(r) for r in out.steps] if out.steps else None
+                if out.new_token_ids or out.finished:  # a block (or the end), not just a step record
+                    now = time.monotonic()
+                    st.metrics.ttfb.observe(now - self.arrival) if last is None else st.metrics.inter_block.observe(
+                        now - last)
+                    if last is None and out.queue_seconds is not None:
+                        st.metrics.queue.observe(out.queue_seconds)
+                    last = now
                 self.forwards = out.num_forwards
                 if out.finish_reason == "error":
                     self.finish_reason, self.error = "error", out.error or "internal error"
@@ -105,14 +110,14 @@ class ChoiceRun:
                 first = self.echo is not None and not self.echoed
                 if stopped:
                     self.finish_reason = "stop"
-                    yield self._delta(delta, "stop", lps, out.prompt_logprobs)
+                    yield self._delta(delta, "stop", lps, out.prompt_logprobs, steps)
                     return  # leaving the engine stream aborts the request and frees its KV
                 if out.finished:
                     self.finish_reason = out.finish_reason
-                    yield self._delta(delta, out.finish_reason, lps, out.prompt_logprobs)
+                    yield self._delta(delta, out.finish_reason, lps, out.prompt_logprobs, steps)
                     return
-                if delta or lps or first:
-                    yield self._delta(delta, None, lps, out.prompt_logprobs)
+                if delta or lps or first or steps:
+                    yield self._delta(delta, None, lps, out.prompt_logprobs, steps)
         finally:
             await agen.aclose()
             self._record()
@@ -223,7 +228,8 @@ async def collect_unless_gone(request, runs: list[ChoiceRun], timeout: float) ->
 
 
 async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: float) -> AsyncIterator[str]:
-    """SSE frames: chunk(delta) per block, an error event if a choice fails, usage, then [DONE]."""
+    """SSE frames: chunk(delta) per block (step events before it if asked), an error event if a choice fails,
+    usage, then [DONE]."""
     deltas = merged(runs)
     deadline = time.monotonic() + timeout
     try:
@@ -239,7 +245,10 @@ async def stream_events(runs: list[ChoiceRun], chunk, final_usage, timeout: floa
                 status = 503 if runs[0].state.draining else 500
                 yield sse(error_body(status, d.error))
                 continue
-            yield sse(chunk(d))
+            for event in d.steps or ():  # before the chunk that carries their text
+                yield step_frame(event)
+            if d.text or d.finish_reason is not None:
+                yield sse(chunk(d))
     except EngineDeadError:
         yield sse(error_body(503, "the engine is not running"))
     except RequestError as exc:  # the engine refused a request after all: the client's error

@@ -26,6 +26,7 @@ class ServerSettings:
     allowed_origins: list[str] = field(default_factory=list, metadata={
         "help": "comma-separated CORS origins (default: CORS off)"})
     protect_metrics: bool = field(default=False, metadata={"help": "require the API key on /metrics too"})
+    no_playground: bool = field(default=False, metadata={"help": "turn off the /playground page (it answers 404)"})
     log_requests: bool = field(default=False, metadata={"help": "log prompts and outputs (off by default)"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
 

@@ -3,7 +3,8 @@ commit loop, finishing and emitting. No model code here.
 
 One iteration = one forward: begin (add -> activate) -> forward (elsewhere) -> step (commit -> finish).
 A subclass decides which masked rows of a block one forward commits (`select`); one that decodes
-differently (e.g. drafting with verification) overrides `begin`/`step` and the attention rules.
+differently (e.g. drafting with verification) overrides `begin`/`step` and the attention rules; during
+its step, it notes its drafts on `seq.record` (a StepRecord) when that is not None.
 """
 from __future__ import annotations
 

@@ -172,6 +172,26 @@ def test_raw_sse_framing(server):
     assert len(events) - 1 >= 3  # 10 tokens in blocks of 4: one chunk per committed block, not one at the end
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_openai_client_streams_the_same_with_steps(client, chat):
+    """The step events are SSE comments, which openai-python skips (a named event it would hand out as a
+    chunk): asked for steps, the official client sees the same chunks, so the same text."""
+    def chunks(options):
+        kw = dict(model="tiny", max_tokens=12, temperature=0, stream=True, stream_options=options,
+                  extra_body={"ignore_eos": True, "tau_conf": 0.3})
+        if chat:
+            out = client.chat.completions.create(messages=[{"role": "user", "content": "hey"}], **kw)
+        else:
+            out = client.completions.create(prompt="Hello", **kw)
+        return [c.model_dump(exclude={"id", "created"}) for c in out]
+
+    plain = chunks({"include_usage": True})
+    asked = chunks({"include_usage": True, "include_steps": True})
+    assert asked == plain and len(plain) >= 3
+    text = [(c["choices"][0]["delta"]["content"] if chat else c["choices"][0]["text"]) for c in plain if c["choices"]]
+    assert len("".join(text)) > 0
+
+
 def test_concurrent_clients_get_their_own_answers(client):
     prompts = [f"prompt number {i}" for i in range(8)]
     alone = [client.completions.create(model="tiny", prompt=p, max_tokens=6, temperature=0).choices[0].text

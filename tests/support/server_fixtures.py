@@ -33,9 +33,27 @@ def build_tokenizer(out: Path) -> int:
     return len(vocab)
 
 
-def write_tiny_server_model(out: Path, d2f: bool = False, seed: int = 7) -> Path:
+# Every word of the HTML tokenizer is markup, so whatever a random model says is HTML a page must show as text.
+HTML_WORDS = [w for i in range(20) for w in (f"<script>window.__pwned='s{i}'</script>",
+                                             f"<img src=x onerror=\"window.__pwned='i{i}'\">", f"<b>b{i}</b>")]
+
+
+def build_html_tokenizer(out: Path) -> int:
+    """A word-level tokenizer whose every word is HTML (a test-only tokenizer); returns the vocabulary size."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + HTML_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", bos_token="<s>", unk_token="<unk>",
+                                   mask_token="<|mask|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out))
+    return len(vocab)
+
+
+def write_tiny_server_model(out: Path, d2f: bool = False, seed: int = 7, html: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    vocab = build_tokenizer(out)
+    vocab = build_html_tokenizer(out) if html else build_tokenizer(out)
     model = ck.hf_llama(seed=seed, tie=True, vocab=vocab)
     model.config.eos_token_id = SPECIALS.index("<|end|>")
     ck.write_llama(out, model, mask_id=SPECIALS.index("<|mask|>") if d2f else None,
@@ -92,6 +110,18 @@ def sse_events(text: str) -> list:
     frames = text.split("\n\n")[:-1]
     assert all(f.startswith("data: ") for f in frames)
     return [json.loads(f[6:]) for f in frames[:-1]]
+
+
+def step_stream(text: str) -> tuple[list, list]:
+    """(the JSON events, the step events) of a complete SSE body sent with include_steps."""
+    steps = []
+    data = []
+    for frame in text.split("\n\n")[:-1]:
+        if frame.startswith(": step "):
+            steps.append(json.loads(frame[len(": step "):]))
+        else:
+            data.append(frame)
+    return sse_events("".join(f + "\n\n" for f in data)), steps
 
 
 def metric_samples(text: str) -> dict:
