@@ -10,7 +10,7 @@ import time
 import torch
 
 from .config import EngineConfig
-from .decoding import for_spec
+from .decoding import Verified, for_spec
 from .errors import RequestError
 from .kv_cache import PagePool, pages_for_budget
 from .models.decoder import KVCache
@@ -19,7 +19,7 @@ from .outputs import RequestOutput, StepStats
 from .params import DecodeParams
 from .runner import Runner
 from .scheduler import Scheduler
-from .sequence import Knobs, Sequence
+from .sequence import DraftStats, Knobs, Sequence
 
 log = logging.getLogger("d2f.engine")
 
@@ -40,9 +40,10 @@ class Engine:
         num_pages = pages_for_budget(spec, config.torch_dtype, config.kv_budget_bytes(), config.page_size)
         self.pool = PagePool(num_pages, config.page_size)
         self.kv = KVCache(spec, num_pages * config.page_size, config.torch_dtype, config.device)
-        self.algorithm = for_spec(spec)
-        self.runner = Runner(self.model, self.kv, self.pool, self.algorithm)
-        self.scheduler = Scheduler(config, self.pool, self.algorithm, spec.prompt_causal, spec.shift_logits)
+        self.algorithm = for_spec(spec)  # the rules of every request not in exact mode
+        self.verified = Verified()  # exact mode's (AR-preserving models)
+        self.runner = Runner(self.model, self.kv, self.pool)
+        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal, spec.shift_logits)
         self.requests: dict[str, Sequence] = {}
         self._order = itertools.count()
         self._seed_rng = random.Random(config.seed)
@@ -54,12 +55,21 @@ class Engine:
         params.verify()
         spec = self.spec
         block = params.block_size or spec.block_size
+        # A pure AR model decodes exactly already; its exact mode is its only mode.
+        exact = params.exact and spec.is_d2f
+        if exact and not spec.ar_preserving:
+            raise RequestError("speed 'exact' needs an AR-preserving model (made by d2f refurbish --ar-preserving): "
+                               "in this LLaDA/Dream-style model committed tokens attend to masks, so it has no AR "
+                               "predictions to verify drafts against")
+        if exact:  # any block size: it only sets how many drafts (block_size - 1) a forward proposes
+            return Knobs(block_size=block, tau_add=1.0, tau_act=1.0, tau_conf=1.0, max_tokens=params.max_tokens,
+                         temperature=_temperature(params.temperature), top_p=float(params.top_p),
+                         top_k=params.top_k, stop_ids=_stop_ids(params, spec), exact=True)
         if not spec.valid_block_size(block):
             if not spec.is_d2f:
                 raise RequestError(f"block_size must be 1 for this autoregressive model, got {block}")
             raise RequestError(f"block_size must be a multiple of the model's training block size "
                                f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
-        stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
         if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
             taus = (1.0, 1.0, 1.0)
         else:
@@ -67,7 +77,7 @@ class Engine:
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
                      max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
-                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop))
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=_stop_ids(params, spec))
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
         """Every check add_request makes, without side effects: callers may run it on any thread."""
@@ -77,10 +87,13 @@ class Engine:
         bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
         if bad:
             raise RequestError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {self.spec.vocab_size})")
-        need = len(prompt_ids) + -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
+        # Exact mode's windows never reach past max_tokens; block decoding's past its last whole block.
+        answer = knobs.max_tokens if knobs.exact else -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
+        need = len(prompt_ids) + answer
         if need > self.max_model_len:
-            raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
-                               f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
+            rounded = "" if knobs.exact else ", rounded up to whole blocks"
+            raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}{rounded}) "
+                               f"needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
         if need > capacity:
             raise RequestError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
@@ -96,7 +109,10 @@ class Engine:
             gen = torch.Generator(device=self.model.device).manual_seed(seed)
         seq = Sequence(request_id, list(prompt_ids), knobs,
                        mask_id=self.spec.mask_token_id if self.spec.is_d2f else AR_PLACEHOLDER_ID,
-                       generator=gen, order=next(self._order))
+                       generator=gen, order=next(self._order),
+                       algorithm=self.verified if knobs.exact else self.algorithm)
+        if knobs.exact:
+            seq.draft_stats = DraftStats()
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 
@@ -116,7 +132,7 @@ class Engine:
         t0 = time.perf_counter()
         works = self.scheduler.schedule()
         for work in works:  # the plan's blocks are added and activated now, before the forward
-            self.algorithm.begin(work)
+            work.seq.algorithm.begin(work)
         outputs: list[RequestOutput] = []
         committed = 0
         fwd = 0.0
@@ -156,8 +172,13 @@ class Engine:
         return results
 
     def _advance(self, work, rows: torch.Tensor) -> int:
-        work.seq.num_forwards += 1
-        return self.algorithm.step(work, rows)
+        seq = work.seq
+        seq.num_forwards += 1
+        committed = seq.algorithm.step(work, rows)
+        # A sequence keeps pages for its next window only: a rejected draft tail (exact mode) gives its
+        # pages back at once; block decoding never shrinks, so there this frees nothing.
+        self.pool.shrink(seq.pages, seq.end + seq.algorithm.growth(seq))
+        return committed
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
         self.requests.pop(seq.request_id, None)
@@ -166,14 +187,14 @@ class Engine:
                              seq.prompt_len, error=message)
 
     def _output(self, seq: Sequence) -> RequestOutput | None:
-        answer, reason = self.algorithm.check_finished(seq)
+        answer, reason = seq.algorithm.check_finished(seq)
         if reason is not None:
             self.requests.pop(seq.request_id, None)
             self.scheduler.remove(seq)
             new, seq.emitted = answer[seq.emitted:], len(answer)
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
-                                 queue_seconds=_queue(seq))
-        boundary = min(self.algorithm.emit_boundary(seq), len(answer))
+                                 queue_seconds=_queue(seq), draft_stats=seq.draft_stats)
+        boundary = min(seq.algorithm.emit_boundary(seq), len(answer))
         if boundary <= seq.emitted:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
@@ -215,6 +236,10 @@ def _temperature(t: float) -> float:
 
 def _queue(seq: Sequence) -> float | None:
     return None if seq.admitted is None else seq.admitted - seq.arrival
+
+
+def _stop_ids(params: DecodeParams, spec) -> frozenset[int]:
+    return frozenset(set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids)))
 
 
 def _pick(value, default):

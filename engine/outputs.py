@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sequence import DraftStats
 
 
 @dataclass(slots=True)
@@ -15,6 +19,7 @@ class RequestOutput:
     num_prompt_tokens: int
     error: str | None = None   # a message safe to show the client when finish_reason == "error"
     queue_seconds: float | None = None  # arrival to first forward
+    draft_stats: DraftStats | None = None  # exact mode, on the final output: drafts checked/accepted by offset
 
 
 @dataclass(slots=True)

@@ -4,8 +4,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .decoding import Algorithm
 
 
 class Status(enum.Enum):
@@ -41,6 +45,14 @@ class Knobs:
     top_p: float
     top_k: int
     stop_ids: frozenset[int]
+    exact: bool = False  # drafts verified by the AR rows (engine/decoding/verified.py)
+
+
+@dataclass(slots=True)
+class DraftStats:
+    """Exact mode's drafts by offset (index 0 = offset 1): drafts checked, and those in an accepted prefix."""
+    proposed: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -50,6 +62,7 @@ class Sequence:
     knobs: Knobs
     mask_id: int
     generator: torch.Generator | None = None
+    algorithm: Algorithm | None = None  # the decoding rules this request runs under (set by the engine)
     order: int = 0               # admission order (FIFO); preemption takes the highest
     arrival: float = field(default_factory=time.monotonic)
     admitted: float | None = None  # first time the scheduler gave it a forward
@@ -69,6 +82,11 @@ class Sequence:
     scanned: int = 0             # final answer tokens already checked for stop tokens
     # Shifted-logit models: hidden state at cached_len - 1, which predicts the first window token.
     last_hidden: torch.Tensor | None = None
+    # Exact mode: proposed tokens for positions [end, end + len(drafts)), not yet verified, the drafter's
+    # distributions they were sampled from (sampling only), and the acceptance counts.
+    drafts: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
+    draft_stats: DraftStats | None = None
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)
