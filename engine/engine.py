@@ -10,7 +10,7 @@ import time
 import torch
 
 from .config import EngineConfig
-from .decoding import for_spec
+from .decoding import Verified, for_spec
 from .errors import RequestError
 from .kv_cache import PagePool, pages_for_budget
 from .logprobs import token_logprobs
@@ -20,7 +20,7 @@ from .outputs import RequestOutput, StepRecord, StepStats
 from .params import DecodeParams
 from .runner import Runner
 from .scheduler import Scheduler
-from .sequence import Knobs, Sequence
+from .sequence import DraftStats, Knobs, Sequence
 
 log = logging.getLogger("d2f.engine")
 
@@ -41,9 +41,10 @@ class Engine:
         num_pages = pages_for_budget(spec, config.torch_dtype, config.kv_budget_bytes(), config.page_size)
         self.pool = PagePool(num_pages, config.page_size)
         self.kv = KVCache(spec, num_pages * config.page_size, config.torch_dtype, config.device)
-        self.algorithm = for_spec(spec)
-        self.runner = Runner(self.model, self.kv, self.pool, self.algorithm)
-        self.scheduler = Scheduler(config, self.pool, self.algorithm, spec.prompt_causal, spec.shift_logits)
+        self.algorithm = for_spec(spec)  # the rules of every request not in exact mode
+        self.verified = Verified()  # exact mode's (AR-preserving models)
+        self.runner = Runner(self.model, self.kv, self.pool)
+        self.scheduler = Scheduler(config, self.pool, spec.prompt_causal, spec.shift_logits)
         self.requests: dict[str, Sequence] = {}
         self._order = itertools.count()
         self._seed_rng = random.Random(config.seed)
@@ -55,16 +56,26 @@ class Engine:
         params.verify()
         spec = self.spec
         block = params.block_size or spec.block_size
+        # A pure AR model decodes exactly already; its exact mode is its only mode.
+        exact = params.exact and spec.is_d2f
+        if exact and not spec.ar_preserving:
+            raise RequestError("speed 'exact' needs an AR-preserving model (made by d2f refurbish --ar-preserving): "
+                               "in this LLaDA/Dream-style model committed tokens attend to masks, so it has no AR "
+                               "predictions to verify drafts against")
+        if params.prompt_logprobs is not None and not spec.prompt_causal:
+            raise RequestError("this model reads its prompt bidirectionally (as LLaDA and Dream do), so no prompt "
+                               "token is predicted from the ones before it and the prompt cannot be scored "
+                               "(echo with logprobs needs a model with a causal prompt)")
+        if exact:  # any block size: it only sets how many drafts (block_size - 1) a forward proposes
+            return Knobs(block_size=block, tau_add=1.0, tau_act=1.0, tau_conf=1.0, max_tokens=params.max_tokens,
+                         temperature=_temperature(params.temperature), top_p=float(params.top_p),
+                         top_k=params.top_k, stop_ids=_stop_ids(params, spec), exact=True,
+                         logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
         if not spec.valid_block_size(block):
             if not spec.is_d2f:
                 raise RequestError(f"block_size must be 1 for this autoregressive model, got {block}")
             raise RequestError(f"block_size must be a multiple of the model's training block size "
                                f"{spec.train_block_size}" + (" or 1" if spec.shift_logits else "") + f", got {block}")
-        if params.prompt_logprobs is not None and not spec.prompt_causal:
-            raise RequestError("this model reads its prompt bidirectionally (as LLaDA and Dream do), so no prompt "
-                               "token is predicted from the ones before it and the prompt cannot be scored "
-                               "(echo with logprobs needs a model with a causal prompt)")
-        stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids))
         if not spec.is_d2f:  # pure AR: one forced commit per forward, whatever the knobs say
             taus = (1.0, 1.0, 1.0)
         else:
@@ -72,7 +83,7 @@ class Engine:
                     _pick(params.tau_conf, spec.tau_conf))
         return Knobs(block_size=block, tau_add=taus[0], tau_act=taus[1], tau_conf=taus[2],
                      max_tokens=params.max_tokens, temperature=_temperature(params.temperature),
-                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=frozenset(stop),
+                     top_p=float(params.top_p), top_k=params.top_k, stop_ids=_stop_ids(params, spec),
                      logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
 
     def validate(self, prompt_ids: list[int], params: DecodeParams) -> Knobs:
@@ -83,10 +94,13 @@ class Engine:
         bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
         if bad:
             raise RequestError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {self.spec.vocab_size})")
-        need = len(prompt_ids) + -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
+        # Exact mode's windows never reach past max_tokens; block decoding's past its last whole block.
+        answer = knobs.max_tokens if knobs.exact else -(-knobs.max_tokens // knobs.block_size) * knobs.block_size
+        need = len(prompt_ids) + answer
         if need > self.max_model_len:
-            raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}, rounded up "
-                               f"to whole blocks) needs {need} positions; the model's context is {self.max_model_len}")
+            rounded = "" if knobs.exact else ", rounded up to whole blocks"
+            raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}{rounded}) "
+                               f"needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
         if need > capacity:
             raise RequestError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
@@ -102,7 +116,10 @@ class Engine:
             gen = torch.Generator(device=self.model.device).manual_seed(seed)
         seq = Sequence(request_id, list(prompt_ids), knobs,
                        mask_id=self.spec.mask_token_id if self.spec.is_d2f else AR_PLACEHOLDER_ID,
-                       generator=gen, order=next(self._order), steps=[] if params.record_steps else None)
+                       generator=gen, order=next(self._order), steps=[] if params.record_steps else None,
+                       algorithm=self.verified if knobs.exact else self.algorithm)
+        if knobs.exact:
+            seq.draft_stats = DraftStats()
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 
@@ -122,7 +139,7 @@ class Engine:
         t0 = time.perf_counter()
         works = self.scheduler.schedule()
         for work in works:  # the plan's blocks are added and activated now, before the forward
-            self.algorithm.begin(work)
+            work.seq.algorithm.begin(work)
         outputs: list[RequestOutput] = []
         committed = 0
         fwd = 0.0
@@ -169,9 +186,11 @@ class Engine:
             k = seq.knobs.prompt_logprobs
             seq.prompt_logprobs.extend(token_logprobs(rows[n:], [seq.tokens[p + 1] for p in work.score],
                                                       seq.knobs.temperature, k))
-        if seq.steps is None:
-            return self.algorithm.step(work, rows[:n])
-        return self._recorded_step(work, rows[:n])
+        committed = seq.algorithm.step(work, rows[:n]) if seq.steps is None else self._recorded_step(work, rows[:n])
+        # A sequence keeps pages for its next window only: a rejected draft tail (exact mode) gives its
+        # pages back at once; block decoding never shrinks, so there this frees nothing.
+        self.pool.shrink(seq.pages, seq.end + seq.algorithm.growth(seq))
+        return committed
 
     def _recorded_step(self, work, rows: torch.Tensor) -> int:
         """The algorithm's step, with a StepRecord of what it did for a request that asked for steps."""
@@ -180,11 +199,13 @@ class Engine:
         blocks = [(b.start, b.end) for b in seq.blocks[seq.first_active():]] if work.predict else []
         before = [i for s, e in blocks for i in range(s, e) if seq.is_masked[i]]
         seq.record = StepRecord(seq.num_forwards, [(s - p, e - p) for s, e in blocks])
-        n = self.algorithm.step(work, rows)
+        n = seq.algorithm.step(work, rows)
         record, seq.record = seq.record, None
-        # Read off the sequence, so it holds for every algorithm: a position is final once it is unmasked.
-        record.committed = [(i - p, seq.tokens[i]) for i in before if not seq.is_masked[i]]
-        record.masked = [[i - p for i in range(s, e) if seq.is_masked[i]] for s, e in blocks]
+        # Read off the sequence, so it holds for every algorithm that commits into blocks: a position is final
+        # once it is unmasked. A drafting algorithm (no blocks) fills committed itself.
+        if blocks:
+            record.committed = [(i - p, seq.tokens[i]) for i in before if not seq.is_masked[i]]
+            record.masked = [[i - p for i in range(s, e) if seq.is_masked[i]] for s, e in blocks]
         seq.steps.append(record)
         return n
 
@@ -195,7 +216,7 @@ class Engine:
                              seq.prompt_len, error=message)
 
     def _output(self, seq: Sequence) -> RequestOutput | None:
-        answer, reason = self.algorithm.check_finished(seq)
+        answer, reason = seq.algorithm.check_finished(seq)
         if reason is not None:
             self.requests.pop(seq.request_id, None)
             self.scheduler.remove(seq)
@@ -203,8 +224,8 @@ class Engine:
             return RequestOutput(seq.request_id, new, answer, True, reason, seq.num_forwards, seq.prompt_len,
                                  queue_seconds=_queue(seq), prompt_logprobs=_prompt_logprobs(seq),
                                  logprobs=_logprobs(seq, len(answer) + (reason == "stop")),  # and the stop token's
-                                 steps=_take_steps(seq))
-        boundary = max(min(self.algorithm.emit_boundary(seq), len(answer)), seq.emitted)
+                                 steps=_take_steps(seq), draft_stats=seq.draft_stats)
+        boundary = max(min(seq.algorithm.emit_boundary(seq), len(answer)), seq.emitted)
         if boundary == seq.emitted and not seq.steps:
             return None
         new, seq.emitted = answer[seq.emitted:boundary], boundary
@@ -265,6 +286,10 @@ def _take_steps(seq: Sequence) -> list[StepRecord] | None:
         return None
     steps, seq.steps = seq.steps, []
     return steps
+
+
+def _stop_ids(params: DecodeParams, spec) -> frozenset[int]:
+    return frozenset(set(params.stop_token_ids) | (set() if params.ignore_eos else set(spec.eos_token_ids)))
 
 
 def _pick(value, default):

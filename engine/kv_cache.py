@@ -43,6 +43,13 @@ class PagePool:
             pages.append(self._free.pop())
         return True
 
+    def shrink(self, pages: list[int], num_tokens: int) -> None:
+        """Give back the pages past those covering num_tokens."""
+        keep = self.pages_needed(num_tokens)
+        if len(pages) > keep:
+            self._free.extend(reversed(pages[keep:]))
+            del pages[keep:]
+
     def release(self, pages: list[int]) -> None:
         self._free.extend(reversed(pages))
         pages.clear()

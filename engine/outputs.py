@@ -3,8 +3,12 @@ dataclasses)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .logprobs import TokenLogprob
+
+if TYPE_CHECKING:
+    from .sequence import DraftStats
 
 
 @dataclass(slots=True)
@@ -42,6 +46,7 @@ class RequestOutput:
     # Requests that asked for steps: a record per forward since the previous output. Such a request also
     # gets an output after a forward that finished no block (new_token_ids empty).
     steps: list[StepRecord] | None = None
+    draft_stats: DraftStats | None = None  # exact mode, on the final output: drafts checked/accepted by offset
 
 
 @dataclass(slots=True)

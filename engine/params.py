@@ -9,6 +9,8 @@ from .logprobs import MAX_LOGPROBS
 
 # The paper's trade-off points (Dream, GSM8K): tau_act = tau_conf in {0.95, 0.9, 0.85}.
 SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
+# Not a point on that curve: drafts checked against the AR model (AR-preserving models only).
+EXACT = "exact"
 
 
 def speed_to_taus(speed: float) -> tuple[float, float]:
@@ -16,6 +18,14 @@ def speed_to_taus(speed: float) -> tuple[float, float]:
     # Rounded so the presets are the documented 0.95 / 0.9 / 0.85, not 0.8999999999999999.
     tau = round(0.95 - 0.10 * speed, 6)
     return tau, tau
+
+
+def speed_fields(speed: str | float) -> dict:
+    """DecodeParams fields for a speed: a preset name, exact, or a number in [0, 1]."""
+    if speed == EXACT:
+        return {"exact": True}
+    conf, act = speed_to_taus(SPEED_PRESETS[speed] if isinstance(speed, str) else float(speed))
+    return {"tau_conf": conf, "tau_act": act}
 
 
 @dataclass(slots=True)
@@ -37,6 +47,8 @@ class DecodeParams:
     prompt_logprobs: int | None = None  # of prompt tokens 1.. under a causal prompt (token 0 has none)
     # Hand out a StepRecord per forward (what the playground draws); off, nothing is recorded.
     record_steps: bool = False
+    # Exact mode: mask rows draft, the AR rows of the next forward verify (AR-preserving models).
+    exact: bool = False
 
     def verify(self) -> None:
         """Raise RequestError naming the bad field; never assert on user input."""
@@ -62,6 +74,11 @@ class DecodeParams:
             value = getattr(self, name)
             if value is not None:
                 _finite(name, value, 0.0, 1.0)
+        if not isinstance(self.exact, bool):
+            raise RequestError(f"exact must be true or false, got {self.exact!r}")
+        if self.exact and any(getattr(self, n) is not None for n in ("tau_add", "tau_act", "tau_conf")):
+            raise RequestError("tau_add, tau_act and tau_conf do not apply to exact mode (speed 'exact'): "
+                               "every token is the AR model's")
         for tok in self.stop_token_ids:
             if not isinstance(tok, int) or tok < 0:
                 raise RequestError(f"stop_token_ids must be non-negative integers, got {tok!r}")

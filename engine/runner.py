@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decoding import Algorithm
 from .kv_cache import PagePool
 from .models.decoder import AttnBatch, Decoder, KVCache, SeqWindow
 from .sequence import Sequence
@@ -24,7 +23,7 @@ class Work:
     end: int
     commit_upto: int
     predict: list[int]  # positions whose tokens this forward predicts
-    add_block: bool = False  # the algorithm appends a block before the forward (predict includes it)
+    add_block: bool = False  # the algorithm appends positions before the forward (predict includes them)
     score: list[int] = field(default_factory=list)  # prompt positions p whose row scores prompt token p + 1
 
 
@@ -38,7 +37,7 @@ def visible_end(seq: Sequence, start: int, end: int, prompt_causal: bool) -> tor
 
 
 class Runner:
-    def __init__(self, model: Decoder, kv: KVCache, pool: PagePool, algorithm: Algorithm):
+    def __init__(self, model: Decoder, kv: KVCache, pool: PagePool):
         self.model = model
         self.kv = kv
         self.pool = pool
@@ -46,7 +45,6 @@ class Runner:
         self.shift = model.spec.shift_logits
         self.prompt_causal = model.spec.prompt_causal
         self.align = 1 if model.row_invariant else ROW_ALIGN
-        self.algorithm = algorithm  # owns the attention rule and where the mask adapter acts
 
     def _align(self, n: int) -> int:
         return -(-n // self.align) * self.align
@@ -69,14 +67,15 @@ class Runner:
             pos.append(torch.arange(w.start, w.end))
             write.append(slots[w.start:])
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
-            m = self.algorithm.attention_rows(w.seq, w.start, w.end, w.end, ends)
             pages = w.seq.pages
-            if pages == list(range(pages[0], pages[0] + len(pages))):
-                keys = slice(pages[0] * self.pool.page_size, pages[0] * self.pool.page_size + w.end)
-            else:
-                keys = slots.to(dev)
-            windows.append(SeqWindow(n, keys, None if bool(m.all()) else m[None, None].to(dev)))
-            adapter_rows.extend(offset + j for j in self.algorithm.adapter_rows(w.seq, w.start, w.end))
+            first = pages[0] * self.pool.page_size if pages == list(range(pages[0], pages[0] + len(pages))) else None
+            gathered = slots.to(dev) if first is None else None
+            # Each sequence's algorithm owns its attention rule (which rows attend in one call, over which keys)
+            # and where the mask adapter acts.
+            for rows, k_len, m in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
+                keys = slice(first, first + k_len) if first is not None else gathered[:k_len]
+                windows.append(SeqWindow(rows, keys, None if bool(m.all()) else m[None, None].to(dev)))
+            adapter_rows.extend(offset + j for j in w.seq.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n
         pad = self._align(offset) - offset
         ids.append(torch.zeros(pad, dtype=torch.long))

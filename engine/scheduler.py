@@ -8,7 +8,6 @@ import time
 from collections import deque
 
 from .config import EngineConfig
-from .decoding import Algorithm
 from .kv_cache import PagePool
 from .runner import Work
 from .sequence import Sequence, Status
@@ -19,11 +18,9 @@ SCORE_CHUNK = 512
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, pool: PagePool, algorithm: Algorithm, prompt_causal: bool,
-                 shift_logits: bool):
+    def __init__(self, config: EngineConfig, pool: PagePool, prompt_causal: bool, shift_logits: bool):
         self.config = config
         self.pool = pool
-        self.algorithm = algorithm
         self.prompt_causal = prompt_causal
         self.shift_logits = shift_logits
         self.waiting: deque[Sequence] = deque()
@@ -45,36 +42,28 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def _plan(self, seq: Sequence, budget: int) -> tuple[int, bool] | None:
-        """(window end, add a block?) for this iteration, or None if it does not fit the budget."""
-        b = seq.knobs.block_size
-        if not seq.blocks and seq.cached_len < seq.prompt_len:  # still prefilling the prompt
+        """(window end, does the algorithm append before the forward?) for this iteration, or None if it
+        does not fit the budget. The sequence's own algorithm says what it appends."""
+        grow = seq.algorithm.growth(seq)
+        if seq.end == seq.prompt_len and seq.cached_len < seq.prompt_len:  # still prefilling the prompt
             rest = seq.prompt_len - seq.cached_len
             if seq.knobs.prompt_logprobs is not None:  # only causal prompts are scored: they chunk exactly
                 budget = min(budget, SCORE_CHUNK)
             if not seq.knobs.max_tokens:  # scoring the prompt alone: no answer block ever
-                b = 0
-            if rest + b <= budget:
-                return seq.prompt_len + b, b > 0
+                grow = 0
+            if rest + grow <= budget:
+                return seq.prompt_len + grow, grow > 0
             if self.prompt_causal and budget > 0:
                 return seq.cached_len + min(rest, budget), False  # exact: a causal prompt chunks
             return None
-        add = self.algorithm.wants_block(seq)
-        end = seq.end + (b if add else 0)
-        return (end, add) if end - seq.cached_len <= budget else None
+        end = seq.end + grow
+        return (end, grow > 0) if end - seq.cached_len <= budget else None
 
     def _make_work(self, seq: Sequence, end: int, add: bool) -> Work:
-        if not seq.blocks and not add:  # a prompt chunk: all of it is final
+        if seq.end == seq.prompt_len and not add:  # a prompt chunk: all of it is final
             return Work(seq, seq.cached_len, end, end, [], score=_score(seq, end))
-        first = seq.first_active()
-        commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
-        last = seq.blocks[-1] if not add else None  # None: the block to add, all masks, comes last
-        last_size = seq.knobs.block_size if last is None else last.size
-        if self.shift_logits and last_size == 1 and (last is None or last.masked) and end - 1 > seq.cached_len:
-            # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
-            # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
-            end -= 1
-        return Work(seq, seq.cached_len, end, commit_upto, self.algorithm.masked_positions(seq, add), add,
-                    _score(seq, end))
+        end, commit_upto, predict = seq.algorithm.window(seq, end, add, self.shift_logits)
+        return Work(seq, seq.cached_len, end, commit_upto, predict, add, _score(seq, end))
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's KV; it keeps its decoding state and recomputes its prefix when resumed."""

@@ -4,11 +4,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .logprobs import TokenLogprob
 from .outputs import StepRecord
+
+if TYPE_CHECKING:
+    from .decoding import Algorithm
 
 
 class Status(enum.Enum):
@@ -46,6 +50,14 @@ class Knobs:
     stop_ids: frozenset[int]
     logprobs: int | None = None         # record answer tokens' log-probabilities, with k alternatives
     prompt_logprobs: int | None = None  # score the prompt (causal prompts only), with k alternatives
+    exact: bool = False  # drafts verified by the AR rows (engine/decoding/verified.py)
+
+
+@dataclass(slots=True)
+class DraftStats:
+    """Exact mode's drafts by offset (index 0 = offset 1): drafts checked, and those in an accepted prefix."""
+    proposed: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -55,6 +67,7 @@ class Sequence:
     knobs: Knobs
     mask_id: int
     generator: torch.Generator | None = None
+    algorithm: Algorithm | None = None  # the decoding rules this request runs under (set by the engine)
     order: int = 0               # admission order (FIFO); preemption takes the highest
     arrival: float = field(default_factory=time.monotonic)
     admitted: float | None = None  # first time the scheduler gave it a forward
@@ -83,6 +96,11 @@ class Sequence:
     # being decoded, on which an algorithm that drafts notes its drafts.
     steps: list[StepRecord] | None = None
     record: StepRecord | None = None
+    # Exact mode: proposed tokens for positions [end, end + len(drafts)), not yet verified, the drafter's
+    # distributions they were sampled from (sampling only), and the acceptance counts.
+    drafts: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
+    draft_stats: DraftStats | None = None
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

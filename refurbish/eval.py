@@ -3,6 +3,8 @@
 Per knob setting: tokens per forward, tokens/s (whole prompt set batched), the reference model's per-token NLL
 of the text (fluency), distinct-2 (repetition), the share of answers ending in EOS, and agreement with the
 reference's greedy answer. The reference run as AR (block size 1) is the point every setting is compared to.
+Exact mode (AR-preserving models) also reports its drafts' acceptance per offset and checks that every answer
+is the evaluated model's own AR answer.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
-from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.params import EXACT, SPEED_PRESETS, DecodeParams, speed_to_taus
 from d2f.engine.timing import one_at_a_time, timed_generate
 from d2f.engine.tokenizer import load_tokenizer
 
@@ -28,9 +30,10 @@ from .hfmodel import load_hf
 class EvalConfig:
     engine: EngineConfig  # the D2F model; the reference runs with the same dtype, device and KV pool, unquantized
     prompts: str = field(metadata={"help": "held-out prompts: text (one a line) or JSONL"})
-    knobs: str = field(default="0.95,0.9,0.85", metadata={
+    knobs: str | None = field(default=None, metadata={
         "help": "comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
-                "or tau_conf/tau_act/block_size, e.g. 0.9/0.95/32"})
+                "tau_conf/tau_act/block_size, e.g. 0.9/0.95/32; exact or exact/block_size (AR-preserving models) "
+                "(default: exact,0.95,0.9,0.85 on an AR-preserving model, else 0.95,0.9,0.85)"})
     reference_model: str | None = field(default=None, metadata={
         "help": "AR model for NLL, agreement and the AR point (default: the teacher recorded in the D2F checkpoint)"})
     max_tokens: int = field(default=64, metadata={"help": "tokens generated per prompt"})
@@ -40,10 +43,17 @@ class EvalConfig:
         "help": "also time the first N prompts one at a time (single-stream tokens/s)", "metavar": "N"})
 
 
+DEFAULT_KNOBS = "0.95,0.9,0.85"
+
+
 def parse_knobs(text: str) -> list[dict]:
-    """'0.95,0.9' | 'quality,fast' | '0.9/0.95/32' (tau_conf/tau_act/block_size) -> DecodeParams fields."""
+    """'0.95,0.9' | 'quality,fast' | '0.9/0.95/32' (tau_conf/tau_act/block_size) | 'exact' | 'exact/4'
+    -> DecodeParams fields."""
     out = []
     for item in [x.strip() for x in text.split(",") if x.strip()]:
+        if item.split("/")[0] == EXACT:
+            out.append(_exact_knob(item))
+            continue
         if item in SPEED_PRESETS:
             conf, act = speed_to_taus(SPEED_PRESETS[item])
             out.append({"tau_conf": conf, "tau_act": act})
@@ -61,6 +71,15 @@ def parse_knobs(text: str) -> list[dict]:
     if not out:
         raise ValueError("--knobs is empty")
     return out
+
+
+def _exact_knob(item: str) -> dict:
+    parts = item.split("/")
+    if len(parts) == 1:
+        return {"exact": True}
+    if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) >= 1:
+        return {"exact": True, "block_size": int(parts[1])}
+    raise ValueError(f"--knobs entry {item!r}: expected exact or exact/block_size")
 
 
 def find_reference(model: str, lora: str | None) -> str | None:
@@ -99,7 +118,25 @@ def run_setting(engine: Engine, prompts, params: DecodeParams, ref_model, ref_an
     if ref_answers is not None:
         agree, exact = metrics.agreement(answers, ref_answers)
         row.update(agreement=round(agree, 4), exact_match=round(exact, 4))
+    if params.exact:
+        row["acceptance"] = acceptance(outs)
     return row | {"answers": answers}
+
+
+def acceptance(outs) -> list[dict]:
+    """Exact mode's drafts by offset 1..B-1, summed over the answers: drafts checked, drafts committed (they and
+    every draft before them matched the AR token), and the share committed."""
+    proposed, accepted = [], []
+    for o in outs:
+        stats = o.draft_stats
+        for j, (p, a) in enumerate(zip(stats.proposed, stats.accepted)):
+            if j == len(proposed):
+                proposed.append(0)
+                accepted.append(0)
+            proposed[j] += p
+            accepted[j] += a
+    return [{"offset": j + 1, "proposed": p, "accepted": a, "rate": round(a / p, 4) if p else None}
+            for j, (p, a) in enumerate(zip(proposed, accepted))]
 
 
 def _round(x):
@@ -129,10 +166,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     ref_answers = ar.pop("answers")
     ar.update(knobs={"block_size": 1}, agreement=1.0, exact_match=1.0)
     settings = []
-    for knob in parse_knobs(cfg.knobs):
+    own_ar = None  # the evaluated model decoded as AR: what exact mode must reproduce token for token
+    default = f"{EXACT},{DEFAULT_KNOBS}" if engine.spec.ar_preserving else DEFAULT_KNOBS
+    for knob in parse_knobs(cfg.knobs or default):
         params = DecodeParams(max_tokens=cfg.max_tokens, **knob)
         row = run_setting(engine, prompts, params, ref_model, ref_answers, single=single)
         answers = row.pop("answers")
+        if params.exact:
+            if own_ar is None:
+                own_ar = [o.token_ids for o in engine.generate(prompts, DecodeParams(max_tokens=cfg.max_tokens,
+                                                                                     block_size=1))]
+            row["ar_mismatches"] = sum(a != b for a, b in zip(answers, own_ar))
         full = dict(knob, block_size=knob.get("block_size", engine.spec.block_size))
         row = {"knobs": full, **row}
         if ar["tokens_per_second"] and row["tokens_per_second"]:
@@ -148,15 +192,19 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) -> int:
+    """0, or 1 when an exact-mode answer differs from the model's own AR answer (exact mode is broken)."""
     torch.manual_seed(0)
     report = evaluate(cfg)
     if plot:
         from .plot import plot_curve
 
         plot_curve(report, plot)
+    mismatches = sum(s.get("ar_mismatches", 0) for s in report["settings"])
+    if mismatches:
+        print(f"d2f eval: {mismatches} exact-mode answers differ from the model's own AR answers", file=sys.stderr)
     if as_json:
         print(json.dumps(report))
-        return 0
+        return 1 if mismatches else 0
     cols = ("tokens_per_forward", "tokens_per_second", "reference_nll", "distinct2", "eos_rate", "agreement")
     if cfg.single_stream:
         cols += ("single_stream_tokens_per_second",)
@@ -164,10 +212,17 @@ def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) ->
     rows = [("AR (reference)", report["ar"])] + [(_label(s["knobs"]), s) for s in report["settings"]]
     for name, row in rows:
         print(f"{name:<24}" + "".join(f"{'-' if row.get(c) is None else row[c]:>20}" for c in cols))
+    for s in report["settings"]:
+        if "acceptance" in s:
+            rates = " ".join(f"{a['rate']}" for a in s["acceptance"])
+            print(f"{_label(s['knobs'])}: drafts accepted per offset 1..{len(s['acceptance'])}: {rates or '-'}; "
+                  f"answers differing from AR: {s['ar_mismatches']}")
     if plot:
         print(f"plot written to {plot}", file=sys.stderr)
-    return 0
+    return 1 if mismatches else 0
 
 
 def _label(knobs: dict) -> str:
+    if knobs.get("exact"):
+        return f"exact B{knobs['block_size']}"
     return f"conf {knobs['tau_conf']} act {knobs['tau_act']} B{knobs['block_size']}"

@@ -15,10 +15,14 @@ def plot_curve(report: dict, path: str) -> None:
     for ax, key, label in ((axes[0], "reference_nll", "reference NLL per token (lower is better)"),
                            (axes[1], "agreement", "agreement with AR greedy (higher is better)")):
         pts = [(s[speed], s[key], s["knobs"]) for s in settings if s.get(key) is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="D2F")
+        curve = [p for p in pts if not p[2].get("exact")]
+        exact = [p for p in pts if p[2].get("exact")]  # a mode of its own: the AR output, drafted and verified
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], "o-", label="D2F")
+        if exact:
+            ax.plot([p[0] for p in exact], [p[1] for p in exact], "gs", label="exact (AR output)")
         for x, y, k in pts:
-            ax.annotate(f"{k['tau_conf']:.3g}/{k['tau_act']:.3g}/B{k['block_size']}", (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+            name = "exact" if k.get("exact") else f"{k['tau_conf']:.3g}/{k['tau_act']:.3g}"
+            ax.annotate(f"{name}/B{k['block_size']}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
         if ar.get(key) is not None:
             ax.plot([ar[speed]], [ar[key]], "r*", markersize=12, label="AR (reference)")
         ax.set_xlabel("tokens / s" + (" (single stream)" if speed.startswith("single") else " (batched)"))

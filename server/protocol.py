@@ -9,7 +9,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from d2f.engine.logprobs import MAX_LOGPROBS
-from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
+from d2f.engine.params import DecodeParams, speed_fields
 
 MAX_N = 16
 MAX_STOP = 16
@@ -47,11 +47,9 @@ class _Common(BaseModel):
         return None, None
 
     def decode_params(self, max_tokens: int | None) -> DecodeParams:
-        """The engine's knobs; explicit tau fields win over the speed preset."""
-        conf = act = None
-        if self.speed is not None:
-            level = SPEED_PRESETS[self.speed] if isinstance(self.speed, str) else float(self.speed)
-            conf, act = speed_to_taus(level)
+        """The engine's knobs; explicit tau fields win over the speed preset (exact mode refuses them)."""
+        knobs = speed_fields(self.speed) if self.speed is not None else {}
+        conf, act = knobs.get("tau_conf"), knobs.get("tau_act")
         logprobs, prompt_logprobs = self.logprob_knobs()
         return DecodeParams(
             max_tokens=max_tokens if max_tokens is not None else 16,
@@ -60,7 +58,7 @@ class _Common(BaseModel):
             top_k=self.top_k or 0, seed=self.seed, ignore_eos=self.ignore_eos,
             block_size=self.block_size, tau_add=self.tau_add,
             tau_act=self.tau_act if self.tau_act is not None else act,
-            tau_conf=self.tau_conf if self.tau_conf is not None else conf,
+            tau_conf=self.tau_conf if self.tau_conf is not None else conf, exact=knobs.get("exact", False),
             logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             record_steps=self.wants_steps())
 
@@ -87,7 +85,7 @@ class _Common(BaseModel):
 
 class D2FExtensions(_Common):
     """Our fields, below OpenAI's in every request (pydantic orders base-class fields by reversed MRO)."""
-    speed: Union[Literal["quality", "balanced", "fast"], float, None] = None
+    speed: Union[Literal["quality", "balanced", "fast", "exact"], float, None] = None
     block_size: int | None = Field(None, ge=1, le=4096)
     tau_add: float | None = Field(None, ge=0, le=1)
     tau_act: float | None = Field(None, ge=0, le=1)
@@ -99,7 +97,7 @@ class D2FExtensions(_Common):
     @classmethod
     def _speed(cls, v):
         if isinstance(v, float) and not 0.0 <= v <= 1.0:
-            raise ValueError("speed must be quality, balanced, fast or a number in [0, 1]")
+            raise ValueError("speed must be quality, balanced, fast, exact or a number in [0, 1]")
         return v
 
 

@@ -1,12 +1,14 @@
-"""Decoding algorithms: one object per family of rules, chosen from the model's spec."""
+"""Decoding algorithms: one object per family of rules. The model's spec picks its default; a request for
+exact mode on an AR-preserving model runs under Verified."""
 from __future__ import annotations
 
 from ..models.spec import ModelSpec
 from .ar_preserving import ARPreserving
 from .base import Algorithm
 from .d2f import D2F
+from .verified import Verified
 
-__all__ = ["Algorithm", "ARPreserving", "D2F", "for_spec"]
+__all__ = ["Algorithm", "ARPreserving", "D2F", "Verified", "for_spec"]
 
 
 def for_spec(spec: ModelSpec) -> Algorithm:

@@ -3,8 +3,8 @@ commit loop, finishing and emitting. No model code here.
 
 One iteration = one forward: begin (add -> activate) -> forward (elsewhere) -> step (commit -> finish).
 A subclass decides which masked rows of a block one forward commits (`select`); one that decodes
-differently (e.g. drafting with verification) overrides `begin`/`step` and the attention rules; during
-its step, it notes its drafts on `seq.record` (a StepRecord) when that is not None.
+differently (drafting with verification, verified.py) overrides the planning, `begin`/`step` and emitting;
+during its step, it notes its drafts on `seq.record` (a StepRecord) when that is not None.
 """
 from __future__ import annotations
 
@@ -27,6 +27,22 @@ class Algorithm:
             return False
         ratio = seq.blocks[-1].decoded_ratio if seq.blocks else 1.0  # the prompt block is fully decoded
         return ratio >= seq.knobs.tau_add
+
+    def growth(self, seq: Sequence) -> int:
+        """Positions `begin` appends to the sequence before the next forward (a block of masks, or none)."""
+        return seq.knobs.block_size if self.wants_block(seq) else 0
+
+    def window(self, seq: Sequence, end: int, add: bool, shift_logits: bool) -> tuple[int, int, list[int]]:
+        """(window end, commit_upto, predicted positions) of the next forward, whose planned end is `end`."""
+        first = seq.first_active()
+        commit_upto = max(seq.blocks[first - 1].end if first else seq.prompt_len, seq.cached_len)
+        last = seq.blocks[-1] if not add else None  # None: the block to add, all masks, comes last
+        last_size = seq.knobs.block_size if last is None else last.size
+        if shift_logits and last_size == 1 and (last is None or last.masked) and end - 1 > seq.cached_len:
+            # A masked one-token block at the end is a placeholder nobody reads: its token is predicted
+            # from the position before it, and no other token may attend to it. AR decoding feeds 1 token.
+            end -= 1
+        return end, commit_upto, self.masked_positions(seq, add)
 
     def masked_positions(self, seq: Sequence, add: bool = False) -> list[int]:
         """Every still-masked position of the active blocks, in order: what this forward must predict;
@@ -83,6 +99,17 @@ class Algorithm:
     @staticmethod
     def choose(logits: torch.Tensor, knobs: Knobs, generator: torch.Generator | None):
         """fp32 logits [n, V] -> (token ids [n], confidences [n]), confidence = p(x0) after filtering."""
+        probs = Algorithm.probabilities(logits, knobs)
+        if knobs.temperature > 0:
+            x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            conf = probs.gather(-1, x0[:, None]).squeeze(-1)
+        else:
+            conf, x0 = probs.max(-1)
+        return x0, conf
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor, knobs: Knobs) -> torch.Tensor:
+        """fp32 logits [n, V] -> the distributions tokens are drawn from: temperature, top-k, top-p, softmax."""
         if knobs.temperature > 0:
             logits = logits / knobs.temperature
         if knobs.top_k and knobs.top_k < logits.shape[-1]:
@@ -96,13 +123,7 @@ class Algorithm:
             drop_sorted[:, 0] = False  # explicit: a top_p below fp32's smallest number would drop everything
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
-        probs = logits.softmax(-1)
-        if knobs.temperature > 0:
-            x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            conf = probs.gather(-1, x0[:, None]).squeeze(-1)
-        else:
-            conf, x0 = probs.max(-1)
-        return x0, conf
+        return logits.softmax(-1)
 
     def commit(self, seq: Sequence, positions: list[int], x0: torch.Tensor, conf: torch.Tensor) -> int:
         """Decode step for every active block from one forward's predictions; returns tokens committed."""
@@ -152,6 +173,12 @@ class Algorithm:
             seq.num_done += 1
 
     # ---- attention (the runner asks) ----------------------------------------------------------
+    def attention_windows(self, seq: Sequence, start: int, end: int,
+                          ends: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """The window's rows cut into attention calls, in order: (rows, keys [0, k_len) they attend over,
+        [rows, k_len] bool mask). Generic: the whole window in one call."""
+        return [(end - start, end, self.attention_rows(seq, start, end, end, ends))]
+
     def attention_rows(self, seq: Sequence, start: int, end: int, k_len: int, ends: torch.Tensor) -> torch.Tensor:
         """[end - start, k_len] bool, True = may attend, for one window whose block-causal visible ends
         are `ends`. The generic rule: a token sees every position before the end of its own block."""

@@ -1,7 +1,7 @@
 """Linear layers: oneDNN prepacked weights on CPU where the CPU supports the dtype, F.linear elsewhere.
 
 Why oneDNN on CPU: its prepacked kernels give every row the same bits whatever the number of
-rows (so a request's answer cannot depend on its batch) and are faster than F.linear for the
+rows from 2 up (so a request's answer cannot depend on its batch; a lone row is padded to two) and are faster than F.linear for the
 1-32 row windows a decoder runs (measured 1.5-2.7x on a 2-core AVX2 machine). F.linear on CPU
 picks different kernels for 1-7 rows than for 8+, so that path pads row counts (see runner).
 """
@@ -43,6 +43,11 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
+            if x.dim() == 2 and x.shape[0] == 1:
+                # oneDNN reduces a lone row in another order than 2 or more rows (seen at 1536 in-features,
+                # fp32 and bf16), so a lone row is computed as one of two: same bits as in any batch.
+                return torch.ops.mkldnn._linear_pointwise(torch.cat([x, torch.zeros_like(x)]), self.packed,
+                                                          self.bias, "none", [], "")[:1]
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

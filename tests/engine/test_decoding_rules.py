@@ -16,7 +16,10 @@ from tests.support.batching import random_requests, run_staggered
 def test_d2f_and_pure_ar_models_decode_by_d2f_rules(engines, family):
     eng = engines[family]
     assert type(for_spec(eng.spec)) is D2F
-    assert type(eng.algorithm) is D2F and eng.runner.algorithm is eng.algorithm is eng.scheduler.algorithm
+    assert type(eng.algorithm) is D2F
+    eng.add_request("rules", [5, 6], DecodeParams(max_tokens=2))
+    assert eng.requests["rules"].algorithm is eng.algorithm  # the runner and scheduler ask the sequence's
+    eng.abort("rules")
 
 
 def test_ar_preserving_models_decode_by_their_own_rules(tmp_path):

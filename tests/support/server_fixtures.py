@@ -51,13 +51,18 @@ def build_html_tokenizer(out: Path) -> int:
     return len(vocab)
 
 
-def write_tiny_server_model(out: Path, d2f: bool = False, seed: int = 7, html: bool = False) -> Path:
+def write_tiny_server_model(out: Path, d2f: bool = False, seed: int = 7, html: bool = False,
+                            ar_preserving: bool = False) -> Path:
+    """ar_preserving: a D2F model whose clean positions are the AR model's, with a random mask adapter."""
     out.mkdir(parents=True, exist_ok=True)
     vocab = build_html_tokenizer(out) if html else build_tokenizer(out)
     model = ck.hf_llama(seed=seed, tie=True, vocab=vocab)
     model.config.eos_token_id = SPECIALS.index("<|end|>")
-    ck.write_llama(out, model, mask_id=SPECIALS.index("<|mask|>") if d2f else None,
-                   d2f={"train_block_size": 2, "block_size": 4} if d2f else None)
+    section = {"ar_preserving": True, "block_size": 4} if ar_preserving else {"train_block_size": 2, "block_size": 4}
+    ck.write_llama(out, model, mask_id=SPECIALS.index("<|mask|>") if d2f or ar_preserving else None,
+                   d2f=section if d2f or ar_preserving else None)
+    if ar_preserving:
+        ck.write_mask_adapter(out, seed=seed, scale=0.1)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["vocab_size"] == vocab
     return out
