@@ -20,10 +20,7 @@ from tests.support.reference_d2f import reference_decode
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("arp")
-    hf = ck.hf_llama(seed=11)
-    base = ck.write_llama(root / "base", hf)
-    d2f = ck.write_llama(root / "d2f", hf, mask_id=ck.MASK_ID, d2f={"ar_preserving": True, "block_size": 4})
-    ck.write_mask_adapter(d2f, seed=2)
+    _, base, d2f = ck.write_ar_preserving_pair(root)
     return {"base": make_engine(base), "d2f": make_engine(d2f), "dir": d2f}
 
 

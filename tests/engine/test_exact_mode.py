@@ -4,7 +4,6 @@ The backbone: greedy output is the AR model's greedy output for any drafter and 
 and preempted; sampled output follows the AR distribution; a forward never commits past max_tokens or a stop
 token; rejected positions never reach the cache and their pages go back at once.
 """
-import collections
 import random
 
 import pytest
@@ -22,10 +21,7 @@ from tests.support.engines import make_engine
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("exact")
-    hf = ck.hf_llama(seed=11)
-    base = ck.write_llama(root / "base", hf)
-    arp = ck.write_llama(root / "arp", hf, mask_id=ck.MASK_ID, d2f={"ar_preserving": True, "block_size": 4})
-    ck.write_mask_adapter(arp, seed=2, scale=0.1)
+    hf, base, arp = ck.write_ar_preserving_pair(root, scale=0.1)
     return {"base": base, "arp": arp, "hf": hf}
 
 

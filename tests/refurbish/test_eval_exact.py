@@ -12,10 +12,7 @@ from tests.support import checkpoints as ck
 @pytest.fixture(scope="module")
 def arp(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-exact")
-    hf = ck.hf_llama(seed=11)
-    base = ck.write_llama(root / "base", hf)
-    model = ck.write_llama(root / "arp", hf, mask_id=ck.MASK_ID, d2f={"ar_preserving": True, "block_size": 4})
-    ck.write_mask_adapter(model, seed=2, scale=0.1)
+    _, base, model = ck.write_ar_preserving_pair(root, scale=0.1)
     prompts = root / "heldout.jsonl"
     prompts.write_text("".join(json.dumps({"prompt_ids": p}) + "\n" for p in ([5, 6, 7], [8, 9], [40, 41, 42, 43])))
     return {"base": base, "model": model, "prompts": prompts}

@@ -146,3 +146,12 @@ def write_mask_adapter(out: Path, seed: int = 0, rank: int = 4, layers: int = 2,
             t[f"layers.{li}.{name}.lora_B"] = torch.randn(o, rank, generator=g) * scale
     save_file(t, str(out / "mask_adapter.safetensors"))
     return out
+
+
+def write_ar_preserving_pair(root: Path, adapter_seed: int = 2, scale: float = 0.3, model_seed: int = 11):
+    """(hf model, its AR checkpoint dir, the same weights as an AR-preserving D2F dir with a random adapter)."""
+    hf = hf_llama(seed=model_seed)
+    base = write_llama(root / "base", hf)
+    arp = write_llama(root / "arp", hf, mask_id=MASK_ID, d2f={"ar_preserving": True, "block_size": 4})
+    write_mask_adapter(arp, seed=adapter_seed, scale=scale)
+    return hf, base, arp

@@ -25,12 +25,16 @@ def build_tokenizer(out: Path) -> int:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    return _save(tok, out, len(vocab))
+
+
+def _save(tok: Tokenizer, out: Path, size: int) -> int:
     tok.add_special_tokens(SPECIALS)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", bos_token="<s>", unk_token="<unk>",
                                    mask_token="<|mask|>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
-    return len(vocab)
+    return size
 
 
 # Every word of the HTML tokenizer is markup, so whatever a random model says is HTML a page must show as text.
@@ -43,12 +47,7 @@ def build_html_tokenizer(out: Path) -> int:
     vocab = {t: i for i, t in enumerate(SPECIALS + HTML_WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(SPECIALS)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", bos_token="<s>", unk_token="<unk>",
-                                   mask_token="<|mask|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out))
-    return len(vocab)
+    return _save(tok, out, len(vocab))
 
 
 def write_tiny_server_model(out: Path, d2f: bool = False, seed: int = 7, html: bool = False,
