@@ -3,14 +3,15 @@ decode as AR and at each D2F preset, and llama.cpp on the same GGUF when llama-c
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from d2f.engine import llama_cpp
 from d2f.engine.cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
+from d2f.engine.llama_cpp import rss_mb
 from d2f.engine.models.linear import onednn_supported
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 from d2f.engine.runner import Work
@@ -109,54 +110,6 @@ def cpu_isa() -> list[str]:
     return [isa for isa in ISA_FLAGS if isa in flags]
 
 
-def rss_mb(pid: int | str = "self") -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
-    return round(kb / 1024, 1)
-
-
-def llama_cpp_tok_s(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict | None:
-    """llama.cpp on the same GGUF in a child process of its own, so its resident memory is its own."""
-    import importlib.util
-    import json
-    import subprocess
-    import sys
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        return None
-    res = subprocess.run([sys.executable, "-m", "d2f.bench.speed", gguf, json.dumps(prompt_ids), str(max_tokens),
-                          str(threads)], capture_output=True, text=True, timeout=600)
-    if res.returncode != 0:
-        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
-    return json.loads(res.stdout)
-
-
-def _llama_cpp_child(gguf: str, prompt_ids: list[int], max_tokens: int, threads: int) -> dict:
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=gguf, n_threads=threads, n_ctx=2048, verbose=False)
-    best = None
-    for _ in range(2):
-        llm.reset()
-        n, t0, t_first = 0, time.perf_counter(), None
-        for tok in llm.generate(prompt_ids, temp=0.0, top_k=1):
-            if t_first is None:
-                t_first = time.perf_counter()
-            n += 1
-            if tok == llm.token_eos() or n >= max_tokens:
-                break
-        total = time.perf_counter() - t0
-        rate = {"tok_s": round(n / total, 2), "decode_tok_s": round((n - 1) / (total - (t_first - t0)), 2),
-                "tokens": n}
-        if best is None or rate["tok_s"] > best["tok_s"]:
-            best = rate
-    best["rss_mb"] = rss_mb()
-    return best
-
-
 def run(cfg: SpeedConfig) -> dict:
     from d2f.engine.tokenizer import load_tokenizer
 
@@ -180,9 +133,9 @@ def run(cfg: SpeedConfig) -> dict:
     result["gemv_floor_ms"] = gemv_floor_ms(engine)
     result["fwd_ms"] = forward_ms(engine, cfg.cache_len, [1, 4, 8, 16, 32])
     if engine.model.adapter is not None:  # what the mask-row work of an AR-preserving model's adapter costs
-        adapter, engine.model.adapter = engine.model.adapter, None
+        engine.model.adapter.active = False
         result["fwd_ms_without_adapter"] = forward_ms(engine, cfg.cache_len, [1, 4, 8, 16, 32])
-        engine.model.adapter = adapter
+        engine.model.adapter.active = True
     ar = DecodeParams(max_tokens=cfg.max_tokens, block_size=1)
     result["ar_tok_s"] = decode_tok_s(engine, prompt, ar)
     if engine.spec.is_d2f:
@@ -191,9 +144,13 @@ def run(cfg: SpeedConfig) -> dict:
             conf, act = speed_to_taus(speed)
             p = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act)
             result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
+        if engine.spec.ar_preserving:  # exact mode: AR's own answer, drafted and verified
+            for block in (2, 3):
+                p = DecodeParams(max_tokens=cfg.max_tokens, exact=True, block_size=block)
+                result["d2f_tok_s"][f"exact/{block}"] = decode_tok_s(engine, prompt, p)
     else:
         result["d2f_tok_s"] = None
-    result["llama_cpp_tok_s"] = llama_cpp_tok_s(cfg.gguf, prompt, cfg.max_tokens, threads) if cfg.gguf else None
+    result["llama_cpp_tok_s"] = llama_cpp.tok_s(cfg.gguf, [prompt], cfg.max_tokens, threads) if cfg.gguf else None
     fwd = result["fwd_ms"]
     result["ratios"] = {
         "fwd1_over_floor": round(fwd["1"] / result["gemv_floor_ms"], 2),
@@ -207,11 +164,8 @@ def run(cfg: SpeedConfig) -> dict:
         if result["d2f_tok_s"]:
             bal = result["d2f_tok_s"]["balanced"]["tok_s"]
             result["ratios"]["d2f_balanced_over_llama_cpp"] = round(bal / lc["tok_s"], 2)
+            for name in ("exact/2", "exact/3"):
+                if name in result["d2f_tok_s"]:
+                    result["ratios"][f"{name}_over_llama_cpp"] = round(
+                        result["d2f_tok_s"][name]["tok_s"] / lc["tok_s"], 2)
     return result
-
-
-if __name__ == "__main__":  # the llama.cpp child of llama_cpp_tok_s
-    import json
-    import sys
-
-    print(json.dumps(_llama_cpp_child(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))

@@ -54,6 +54,10 @@ class Config:
     save_every: int = 50
     seed: int = 0
     init_from: str | None = None
+    adapt: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # projections with an adapter
+    load_optimizer: bool = True   # with init_from: continue AdamW's moments too
+    save_optimizer: bool = True
+    dtype: str = "fp32"           # bf16: matmuls under autocast (adapter and AdamW stay fp32)
 
 
 class Student(torch.nn.Module):
@@ -63,14 +67,22 @@ class Student(torch.nn.Module):
     differentiable projections; the per-projection base weights are taken out of w, fused as the engine
     fuses them."""
 
-    def __init__(self, spec: ModelSpec, w: dict[str, torch.Tensor], rank: int, mask_id: int, seed: int):
+    def __init__(self, spec: ModelSpec, w: dict[str, torch.Tensor], rank: int, mask_id: int, seed: int,
+                 adapt: tuple[str, ...] | None = None):
         super().__init__()
+        shapes = spec.projection_shapes()
+        self.adapt = tuple(shapes) if adapt is None else tuple(adapt)
+        unknown = sorted(set(self.adapt) - set(shapes))
+        if unknown or not self.adapt:
+            raise ValueError(f"--adapt: expected some of {','.join(shapes)}, got {','.join(self.adapt) or 'none'}")
         self.spec, self.rank = spec, rank
         g = torch.Generator().manual_seed(seed)
         self.a = torch.nn.ParameterDict()
         self.b = torch.nn.ParameterDict()
         for li in range(spec.num_layers):
-            for name, (o, i) in spec.projection_shapes().items():
+            for name, (o, i) in shapes.items():
+                if name not in self.adapt:
+                    continue
                 key = f"layers_{li}_{name}"  # a ParameterDict key cannot hold dots
                 # B starts at zero: the untrained adapter is the base model fed a mask vector.
                 self.a[key] = torch.nn.Parameter(torch.randn(rank, i, generator=g) / math.sqrt(i))
@@ -85,8 +97,17 @@ class Student(torch.nn.Module):
         weight, bias = self.layers[li][fname]
         return F.linear(x, weight, bias)
 
+    def _delta(self, li: int, part: str, x: torch.Tensor) -> torch.Tensor:
+        key = f"layers_{li}_{part}"
+        if key in self.a:
+            return F.linear(F.linear(x, self.a[key]), self.b[key])
+        return x.new_zeros(x.shape[0], self.spec.projection_shape(part)[0])
+
     def _adapted(self, li: int, fname: str, x: torch.Tensor) -> torch.Tensor:
-        deltas = [F.linear(F.linear(x, self.a[f"layers_{li}_{p}"]), self.b[f"layers_{li}_{p}"]) for p in FUSED[fname]]
+        parts = FUSED[fname]
+        if not any(p in self.adapt for p in parts):
+            return self._base(li, fname, x)
+        deltas = [self._delta(li, p, x) for p in parts]
         return self._base(li, fname, x) + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
 
     def _forward(self, h, pos, attend, adapt: bool):
@@ -127,7 +148,8 @@ class Student(torch.nn.Module):
         """(the adapter file's name for a projection, its A, its B), e.g. layers.3.gate."""
         for li in range(self.spec.num_layers):
             for name in self.spec.projection_shapes():
-                yield f"layers.{li}.{name}", self.a[f"layers_{li}_{name}"], self.b[f"layers_{li}_{name}"]
+                if name in self.adapt:
+                    yield f"layers.{li}.{name}", self.a[f"layers_{li}_{name}"], self.b[f"layers_{li}_{name}"]
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The engine's mask_adapter.safetensors: B carries the scale (alpha = rank, so 1)."""
@@ -137,12 +159,22 @@ class Student(torch.nn.Module):
             out[f"{name}.lora_B"] = b.detach().clone()
         return out
 
-    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Takes what the state has of this adapter's projections (an earlier adapter may act on more or
+        fewer of them); returns the projections that kept their fresh start."""
+        fresh = []
         with torch.no_grad():
             self.mask_embed.copy_(state["mask_embed"])
             for name, a, b in self._pairs():
+                if f"{name}.lora_A" not in state:
+                    fresh.append(name)
+                    continue
+                if state[f"{name}.lora_A"].shape != a.shape or state[f"{name}.lora_B"].shape != b.shape:
+                    raise ValueError(f"--init-from: {name} has rank {state[f'{name}.lora_A'].shape[0]}, "
+                                     f"this run {a.shape[0]}")
                 a.copy_(state[f"{name}.lora_A"])
                 b.copy_(state[f"{name}.lora_B"])
+        return fresh
 
 
 def load_pairs(path: str, max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -236,7 +268,11 @@ def loss_on(student: Student, batch: Packed) -> tuple[torch.Tensor, int]:
     return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean(), logits.shape[0]
 
 
-def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, log: list) -> None:
+OPTIMIZER_FILE = "adapter_optimizer.pt"
+
+
+def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, log: list,
+         opt: torch.optim.Optimizer | None = None) -> None:
     """A directory the engine loads as it is: the base's config with the d2f section, its weights and
     tokenizer (hard-linked when possible), and the adapter."""
     out, base = Path(cfg.out), Path(cfg.teacher)
@@ -250,6 +286,11 @@ def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, l
     save_file(state, str(tmp), metadata={"step": str(step), "rank": str(cfg.rank)})
     tmp.chmod(0o644)  # readable by a server running as another user (the container does)
     tmp.replace(out / ADAPTER_FILE)
+    if opt is not None and cfg.save_optimizer:
+        # A resumed run continues exactly: AdamW's moments and the fp32 adapter (the served file is bf16).
+        torch.save({"adapt": list(student.adapt), "rank": cfg.rank, "state": opt.state_dict(),
+                    "adapter": student.adapter_state()}, out / (OPTIMIZER_FILE + ".tmp"))
+        (out / (OPTIMIZER_FILE + ".tmp")).replace(out / OPTIMIZER_FILE)
     d2f = {"mask_token_id": cfg.mask_token, "ar_preserving": True, "train_block_size": 1,
            "block_size": cfg.block_size, "tau_add": 0.5, "tau_act": 0.9, "tau_conf": 0.9}
     cfg_out = dict(raw)
@@ -263,26 +304,44 @@ def save(student: Student, cfg: Config, step: int, spec: ModelSpec, raw: dict, l
 def train(cfg: Config, stream=sys.stderr) -> int:
     torch.manual_seed(cfg.seed)
     spec, raw = read_spec(cfg.teacher)
+    if cfg.dtype not in ("fp32", "bf16"):
+        raise ValueError(f"--ar-preserving trains in fp32 or bf16, not {cfg.dtype}")
     if spec.family not in ("llama", "qwen2"):
         raise ValueError(f"--ar-preserving needs a Llama/Qwen2 (AR) teacher, got {spec.family}")
     if not 0 <= cfg.mask_token < spec.vocab_size:
         raise ValueError(f"--mask-token {cfg.mask_token} is outside the vocabulary")
     weights = load_weights(cfg.teacher, spec, torch.float32, "cpu")
-    student = Student(spec, weights, cfg.rank, cfg.mask_token, cfg.seed)
+    student = Student(spec, weights, cfg.rank, cfg.mask_token, cfg.seed, cfg.adapt)
     step, log = 0, []
-    if cfg.init_from:
-        student.load_adapter_state({k: v.float() for k, v in load_file(str(Path(cfg.init_from) / ADAPTER_FILE)).items()})
-        step = json.loads((Path(cfg.init_from) / "d2f.json").read_text()).get("step", 0)
     pairs = load_pairs(cfg.data, cfg.max_len)
     params = list(student.a.values()) + list(student.b.values()) + [student.mask_embed]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    if cfg.init_from:
+        start = Path(cfg.init_from)
+        fresh = student.load_adapter_state({k: v.float() for k, v in load_file(str(start / ADAPTER_FILE)).items()})
+        if fresh:
+            print(f"--init-from: {len(fresh)} projections start fresh (e.g. {fresh[0]})", file=stream)
+        info = start / "d2f.json"
+        step = json.loads(info.read_text()).get("step", 0) if info.is_file() else 0
+        saved = start / OPTIMIZER_FILE
+        if cfg.load_optimizer and saved.is_file():
+            ckpt = torch.load(saved, weights_only=True)
+            if ckpt["adapt"] == list(student.adapt) and ckpt["rank"] == cfg.rank:
+                student.load_adapter_state(ckpt["adapter"])
+                opt.load_state_dict(ckpt["state"])
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr
+            else:
+                print("--init-from: its optimizer state is for another adapter shape: starting AdamW fresh",
+                      file=stream)
 
     def train_step() -> tuple[float, int]:
         nonlocal step
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the batch of a step depends only on seed and step
         batch = build_batch([pairs[i] for i in rng.sample(range(len(pairs)), min(cfg.batch_size, len(pairs)))],
                             rng, cfg)
-        loss, m = loss_on(student, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            loss, m = loss_on(student, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -291,7 +350,7 @@ def train(cfg: Config, stream=sys.stderr) -> int:
         log.append({"step": step, "loss": round(loss.item(), 4)})
         return loss.item(), m
 
-    code = run_training(train_step, lambda: save(student, cfg, step, spec, raw, log), lambda: step,
+    code = run_training(train_step, lambda: save(student, cfg, step, spec, raw, log, opt), lambda: step,
                         cfg.steps, cfg.minutes, cfg.save_every, stream)
     print(f"saved the AR-preserving D2F model at step {step} to {cfg.out}", file=stream)
     return code

@@ -62,6 +62,8 @@ def _train_flags(add: _Flags) -> None:
         help="AR teacher: keep the base frozen and exact, train only an adapter at mask positions "
              "(the model decodes like the AR model at high thresholds)")
     add("--anchors", type=int, default=24, help="--ar-preserving: mask spans per training example")
+    add("--adapt", default="q,k,v,o,gate,up,down", metavar="NAMES",
+        help="--ar-preserving: the projections the mask adapter acts on (fewer: a cheaper drafter)")
     add("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
     add("--save", default="auto", choices=["auto", "adapter", "merged"])
     add("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="training dtype")
@@ -92,7 +94,8 @@ COMMON = {"teacher", "out", "data", "block_size", "lora_rank", "steps", "minutes
 USES = {
     "train": COMMON | {"student_init", "mask_ratio", "full", "lora_alpha", "lora_dropout", "fresh_optimizer",
                        "no_optimizer_state", "hard_weight", "chat", "save", "dtype", "device"},
-    "ar-preserving": COMMON | {"ar_preserving", "anchors"},
+    "ar-preserving": COMMON | {"ar_preserving", "anchors", "adapt", "fresh_optimizer", "no_optimizer_state",
+                               "dtype"},
 }
 AR_ONLY = ("hard_weight", "mask_token")  # the distillation mode (LLaDA/Dream teacher) has no use for them
 
@@ -178,6 +181,8 @@ def _run_ar_preserving(opts: dict) -> int:
     from .student import choose_mask_token
 
     _require(opts, ("teacher", "out", "data"))
+    if opts["fresh_optimizer"] and not opts["init_from"]:
+        raise ValueError("--fresh-optimizer goes with --init-from")
     mask, new_row = choose_mask_token(read_spec(opts["teacher"])[0], load_tokenizer(opts["teacher"]),
                                       opts["mask_token"])
     if new_row:  # the base stays as it is: an existing id is fed, its input vector is the adapter's
@@ -188,7 +193,9 @@ def _run_ar_preserving(opts: dict) -> int:
                             rank=opts["lora_rank"], lr=opts["lr"] or 1e-3, steps=opts["steps"],
                             minutes=opts["minutes"], batch_size=opts["batch_size"], anchors=opts["anchors"],
                             max_len=opts["max_len"], save_every=opts["save_every"], seed=opts["seed"],
-                            init_from=opts["init_from"])
+                            init_from=opts["init_from"], adapt=tuple(opts["adapt"].split(",")),
+                            load_optimizer=not opts["fresh_optimizer"],
+                            save_optimizer=not opts["no_optimizer_state"], dtype=opts["dtype"])
     return arpreserve.train(cfg)
 
 
@@ -203,13 +210,20 @@ def _run_data(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from d2f.engine.models.registry import resolve_model
+    from d2f.engine.models.registry import AR_DEFAULT, D2F_DEFAULT, resolve_model
 
     from .eval import run_eval
 
     engine = engine_config(args, kv_cache_memory=args.kv_cache_mb << 20)
     reference = resolve_model(args.reference_model) if args.reference_model else None
-    return run_eval(from_args(EvalConfig, args, engine=engine, reference_model=reference), args.plot, args.json)
+    gguf = args.gguf
+    embedded = args.reference_model == AR_DEFAULT or (args.reference_model is None and args.model in (None, D2F_DEFAULT))
+    if gguf is None and embedded:  # the embedded model is judged against itself as AR: its own GGUF
+        from d2f.engine.models.default_model import gguf_path
+
+        gguf = str(gguf_path())
+    return run_eval(from_args(EvalConfig, args, engine=engine, reference_model=reference, gguf=gguf),
+                    args.plot, args.json)
 
 
 def run(args) -> int:

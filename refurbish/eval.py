@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from d2f.engine import llama_cpp
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
 from d2f.engine.params import EXACT, SPEED_PRESETS, DecodeParams, speed_to_taus
@@ -41,6 +42,10 @@ class EvalConfig:
     chat: bool = field(default=False, metadata={"help": "wrap text prompts in the tokenizer's chat template"})
     single_stream: int = field(default=0, metadata={
         "help": "also time the first N prompts one at a time (single-stream tokens/s)", "metavar": "N"})
+    gguf: str | None = field(default=None, metadata={
+        "help": "with --single-stream: llama.cpp's single-stream tokens/s on this GGUF of the reference, when "
+                "llama-cpp-python is importable (default: the embedded model's own GGUF when the reference is "
+                "the embedded model)"})
 
 
 DEFAULT_KNOBS = "0.95,0.9,0.85"
@@ -187,8 +192,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         if tok is not None and answers:
             row["sample"] = tok.decode(answers[0], skip_special_tokens=True)[:200]
         settings.append(row)
-    return {"model": model, "lora": lora, "reference_model": reference, "num_prompts": len(prompts),
-            "max_tokens": cfg.max_tokens, "ar": ar, "settings": settings}
+    report = {"model": model, "lora": lora, "reference_model": reference, "num_prompts": len(prompts),
+              "max_tokens": cfg.max_tokens, "ar": ar, "settings": settings}
+    if single and cfg.gguf:  # the same prompts, one at a time, through llama.cpp: the yardstick's point
+        report["llama_cpp"] = llama_cpp.tok_s(cfg.gguf, [list(p) for p in prompts[:single]], cfg.max_tokens,
+                                              torch.get_num_threads(), runs=1)
+    return report
 
 
 def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) -> int:
@@ -212,6 +221,9 @@ def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) ->
     rows = [("AR (reference)", report["ar"])] + [(_label(s["knobs"]), s) for s in report["settings"]]
     for name, row in rows:
         print(f"{name:<24}" + "".join(f"{'-' if row.get(c) is None else row[c]:>20}" for c in cols))
+    lc = report.get("llama_cpp")
+    if lc and "tok_s" in lc:
+        print(f"llama.cpp on the same prompts, single stream: {lc['tok_s']} tokens/s")
     for s in report["settings"]:
         if "acceptance" in s:
             rates = " ".join(f"{a['rate']}" for a in s["acceptance"])

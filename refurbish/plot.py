@@ -25,6 +25,9 @@ def plot_curve(report: dict, path: str) -> None:
             ax.annotate(f"{name}/B{k['block_size']}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
         if ar.get(key) is not None:
             ax.plot([ar[speed]], [ar[key]], "r*", markersize=12, label="AR (reference)")
+        lc = report.get("llama_cpp")
+        if speed.startswith("single") and lc and lc.get("tok_s"):  # measured one at a time, as ours
+            ax.axvline(lc["tok_s"], color="gray", linestyle="--", label=f"llama.cpp ({lc['tok_s']} tok/s)")
         ax.set_xlabel("tokens / s" + (" (single stream)" if speed.startswith("single") else " (batched)"))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .layer import FUSED, fused_weights, layer_forward, rms_norm, rope_tables
-from .linear import Linear
+from .linear import Linear, onednn_supported
+from .mask_adapter import MaskAdapter
 from .quant import quantized_linear
 from .spec import ModelSpec
 
@@ -53,21 +54,30 @@ class KVCache:
 
 
 class Decoder(torch.nn.Module):
-    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor]):
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], adapter: MaskAdapter | None = None):
         super().__init__()
         self.spec = spec
         self.embed = weights["embed"]
         self.norm = weights["norm"]
         self.lm_head = Linear(weights.get("lm_head", self.embed))
         self.layers = []
-        self.adapter = None  # MaskAdapter of an AR-preserving D2F model, set by the loader
+        self.adapter = adapter  # MaskAdapter of an AR-preserving D2F model
         self.quantization = "none"  # what the loader applied (quant_load)
+        folded = set()
         for i in range(spec.num_layers):
             layer = {"attn_norm": weights[f"layers.{i}.attn_norm"], "mlp_norm": weights[f"layers.{i}.mlp_norm"]}
             for fname, (w, bias) in fused_weights(spec, weights, i).items():
+                a = None if adapter is None else adapter.fold_rows(i, fname)
+                if a is not None and isinstance(w, torch.Tensor) and onednn_supported(w.dtype, w.device.type):
+                    # [W; A]: the adapter's first matmul rides on the base one (mask_adapter.Entry)
+                    w = torch.cat([w, a])
+                    bias = None if bias is None else torch.cat([bias, bias.new_zeros(a.shape[0])])
+                    folded.add((i, fname))
                 layer[fname] = Linear(w, bias) if isinstance(w, torch.Tensor) else \
                     quantized_linear(w, self.embed.dtype, bias, self.embed.device)
             self.layers.append(layer)
+        if adapter is not None:
+            adapter.finish(folded)
         # Every row gets the same bits whatever the row count: no padding needed for batch invariance.
         self.row_invariant = self.lm_head.row_invariant and all(
             layer[name].row_invariant for layer in self.layers for name in FUSED)
@@ -111,11 +121,13 @@ class Decoder(torch.nn.Module):
             and batch.adapter_rows.numel() else None
         layers, adapter = self.layers, self.adapter
 
+        scale = None if rows is None or not adapter.active else adapter.row_scale(rows, h.shape[0], h.dtype)
+
         def lin(li: int, name: str, x: torch.Tensor) -> torch.Tensor:
             y = layers[li][name](x)
-            return y if rows is None else adapter.delta(li, name, x, rows, y)
+            return y if adapter is None else adapter.apply(li, name, x, y, scale)
 
-        if rows is not None and self.adapter.mask_embed is not None:
+        if scale is not None and adapter.mask_embed is not None:
             h.index_copy_(0, rows, self.adapter.mask_embed.expand(rows.shape[0], -1))
         cos = self.cos.index_select(0, batch.positions)[:, None, :]
         sin = self.sin.index_select(0, batch.positions)[:, None, :]

@@ -15,8 +15,7 @@ def load_model(model_dir, dtype: torch.dtype = torch.float32, device: str = "cpu
     spec, _ = read_spec(model_dir)
     weights = load_weights(model_dir, spec, dtype, device, lora_dir)
     applied = quantize_weights(weights, spec, quantization, model_dir, merged_lora=lora_dir is not None)
-    model = Decoder(spec, weights)
+    adapter = load_mask_adapter(model_dir, spec, dtype, device) if spec.ar_preserving else None
+    model = Decoder(spec, weights, adapter)
     model.quantization = applied
-    if spec.ar_preserving:
-        model.adapter = load_mask_adapter(model_dir, spec, dtype, device)
     return spec, model

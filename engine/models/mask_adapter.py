@@ -19,19 +19,33 @@ from .spec import ModelSpec
 FILE = "mask_adapter.safetensors"
 
 
+class Entry:
+    """One fused matmul's adapter: A [R, in] (its projections' rows stacked), B block-diagonal [out, R].
+
+    Folded: A's rows were appended to the base matmul's weight (the decoder did it, oneDNN path only), so
+    one matmul gives [W x | A x] and only B is left to run. Measured on the default model (AVX512-BF16,
+    4-row window): each adapter matmul costs about 40 us, mostly call overhead, so the fold takes 120 of
+    the 240 away; the base columns keep their bits (tests/engine/test_mask_adapter_fold.py)."""
+    __slots__ = ("a_weight", "a", "b", "out", "folded")
+
+    def __init__(self, a_weight: torch.Tensor, b: Linear, out: int):
+        self.a_weight, self.a, self.b, self.out, self.folded = a_weight, None, b, out, False
+
+
 class MaskAdapter:
-    """Per layer and fused matmul: (A, B) as two Linears, so the delta is B(A(x)) for mask rows only."""
+    """Per layer and fused matmul: an Entry, so the delta is B(A(x)) on the mask rows only."""
 
     def __init__(self, spec: ModelSpec, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device: str,
                  source: str = FILE):
         self.mask_embed = None
+        self.active = True  # False: the decoder runs as the base model (benchmarks measure the adapter so)
         if "mask_embed" in tensors:
             emb = tensors.pop("mask_embed")
             if tuple(emb.shape) != (spec.hidden_size,):
                 raise CheckpointError(f"{source}: mask_embed has shape {tuple(emb.shape)}, "
                                       f"expected ({spec.hidden_size},)")
             self.mask_embed = emb.to(dtype=dtype, device=device)
-        self.layers: list[dict[str, tuple[Linear, Linear]]] = []
+        self.layers: list[dict[str, Entry]] = []
         for li in range(spec.num_layers):
             fused = {}
             for fname, parts in FUSED.items():
@@ -59,18 +73,51 @@ class MaskAdapter:
                 for b in b_blocks:  # block-diagonal: each projection's B reads only its own A rows
                     big_b[o0:o0 + b.shape[0], r0:r0 + b.shape[1]] = b
                     o0, r0 = o0 + b.shape[0], r0 + b.shape[1]
-                fused[fname] = (Linear(big_a.to(dtype=dtype, device=device).contiguous()),
-                                Linear(big_b.to(dtype=dtype, device=device).contiguous()))
+                fused[fname] = Entry(big_a.to(dtype=dtype, device=device).contiguous(),
+                                     Linear(big_b.to(dtype=dtype, device=device).contiguous()), big_b.shape[0])
             self.layers.append(fused)
         if tensors:
             raise CheckpointError(f"{source}: unexpected tensors, e.g. {sorted(tensors)[0]!r}")
 
-    def delta(self, li: int, fname: str, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pair = self.layers[li].get(fname)
-        if pair is None:
+    def fold_rows(self, li: int, fname: str) -> torch.Tensor | None:
+        """A's rows for the decoder to append to the base weight of layer li's fname, or None."""
+        entry = self.layers[li].get(fname)
+        return None if entry is None else entry.a_weight
+
+    def finish(self, folded: set[tuple[int, str]]) -> None:
+        """After the decoder built its Linears: the entries it folded, and a Linear for every other A."""
+        for li, layer in enumerate(self.layers):
+            for fname, entry in layer.items():
+                entry.folded = (li, fname) in folded
+                if not entry.folded:
+                    entry.a = Linear(entry.a_weight)
+                entry.a_weight = None
+
+    @staticmethod
+    def row_scale(rows: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+        """[total, 1]: 1 at the mask rows, 0 elsewhere; built once per forward."""
+        scale = torch.zeros(total, 1, dtype=dtype, device=rows.device)
+        return scale.index_fill_(0, rows, 1)
+
+    def apply(self, li: int, fname: str, x: torch.Tensor, y: torch.Tensor,
+              scale: torch.Tensor | None) -> torch.Tensor:
+        """The base output y of layer li's fname on input x -> y + B(A(x)) on the mask rows (scale 1), y
+        itself on the others (y + 0: the same bits). A folded matmul's y carries A x in its last columns.
+
+        The deltas run on every row and `scale` zeroes the clean ones: addcmul is one op where a gather,
+        two Linears and a scatter were four, and every row's delta keeps the same bits in any batch (the
+        Linears are row-invariant and addcmul is elementwise), so batched == alone holds for mask rows."""
+        entry = self.layers[li].get(fname)
+        if entry is None:
             return y
-        a, b = pair
-        return y.index_add_(0, rows, b(a(x.index_select(0, rows))))
+        if entry.folded:
+            base = y[:, :entry.out]
+            if scale is not None and self.active:
+                base.addcmul_(entry.b(y[:, entry.out:]), scale)
+            return base
+        if scale is None or not self.active:
+            return y
+        return y.addcmul_(entry.b(entry.a(x)), scale)
 
 
 def load_mask_adapter(model_dir, spec: ModelSpec, dtype: torch.dtype, device: str) -> MaskAdapter | None:

@@ -74,3 +74,32 @@ def test_knob_and_metric_definitions():
     assert distinct2([[1, 2, 1, 2, 1]]) == 0.5  # bigrams 12 21 12 21: two distinct of four
     assert distinct2([[1], []]) is None
     assert agreement([[1, 2, 3], [4]], [[1, 9, 3, 5], [4]]) == (pytest.approx((2 / 4 + 1) / 2), 0.5)
+
+
+def test_eval_puts_llama_cpp_on_the_same_single_stream_prompts(refurbished, tmp_path, capsys, monkeypatch):
+    """--gguf with --single-stream N: the yardstick gets the same first N prompts (as token ids) and max
+    tokens, and its point lands in the report and in the text table."""
+    from d2f.refurbish import eval as eval_module
+
+    out, prompts = refurbished
+    calls = []
+
+    def yardstick(gguf, prompt_ids, max_tokens, threads, runs=2):
+        calls.append((gguf, prompt_ids, max_tokens, runs))
+        return {"tok_s": 12.5, "decode_tok_s": 14.0, "tokens": 20, "prompts": len(prompt_ids)}
+
+    monkeypatch.setattr(eval_module.llama_cpp, "tok_s", yardstick)
+    base = ["eval", "--model", str(out), "--prompts", str(prompts), "--knobs", "0.9", "--max-tokens", "6",
+            "--kv-cache-mb", "8", "--gguf", str(tmp_path / "m.gguf")]
+    assert main(base + ["--json"]) == 0  # no single-stream timing: nothing to compare llama.cpp with
+    assert "llama_cpp" not in json.loads(capsys.readouterr().out) and not calls
+    assert main(base + ["--single-stream", "2"]) == 0
+    assert "llama.cpp on the same prompts, single stream: 12.5 tokens/s" in capsys.readouterr().out
+    assert calls == [(str(tmp_path / "m.gguf"), [[5, 6, 7], [8, 9]], 6, 1)]
+
+
+def test_llama_cpp_yardstick_is_optional(monkeypatch):
+    from d2f.engine import llama_cpp
+
+    monkeypatch.setattr(llama_cpp.importlib.util, "find_spec", lambda name: None)
+    assert llama_cpp.tok_s("m.gguf", [[1, 2]], 4, 1) is None

@@ -107,3 +107,53 @@ def test_cli_trains_saves_resumes_and_the_output_is_ar_preserving(tmp_path):
     want = ar.generate([prompt], DecodeParams(max_tokens=16, ignore_eos=True))[0].token_ids
     got = d2f.generate([prompt], DecodeParams(max_tokens=16, tau_conf=1.0, ignore_eos=True))[0]
     assert got.token_ids == want
+
+
+def _adapter(out):
+    return arpreserve.load_file(str(out / "mask_adapter.safetensors"))
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path):
+    """Saved every few steps and continued with --init-from, a run ends where one run would: same steps,
+    same adapter bits (AdamW's moments and the fp32 adapter travel in the optimizer file)."""
+    base = ck.write_llama(tmp_path / "base", ck.hf_llama(seed=23))
+    data = _data(tmp_path / "d.jsonl")
+    args = ["refurbish", "--ar-preserving", "--teacher", str(base), "--data", str(data), "--mask-token", str(MASK),
+            "--block-size", "4", "--lora-rank", "4", "--lr", "1e-2", "--batch-size", "3", "--anchors", "6",
+            "--save-every", "1000", "--seed", "5"]
+    assert main(args + ["--out", str(tmp_path / "whole"), "--steps", "6"]) == 0
+    assert main(args + ["--out", str(tmp_path / "part"), "--steps", "4"]) == 0
+    assert main(args + ["--out", str(tmp_path / "part"), "--steps", "2", "--init-from", str(tmp_path / "part")]) == 0
+    whole, part = _adapter(tmp_path / "whole"), _adapter(tmp_path / "part")
+    assert json.loads((tmp_path / "part" / "d2f.json").read_text())["step"] == 6
+    assert whole.keys() == part.keys() and all(torch.equal(whole[k], part[k]) for k in whole)
+    # Without the optimizer state the continuation is another run: the check above can fail.
+    assert main(args + ["--out", str(tmp_path / "cold"), "--steps", "2", "--init-from", str(tmp_path / "part"),
+                        "--fresh-optimizer"]) == 0
+    cold = _adapter(tmp_path / "cold")
+    assert any(not torch.equal(cold[k], _adapter(tmp_path / "part")[k]) for k in cold)
+
+
+def test_an_adapter_on_fewer_projections_trains_loads_and_keeps_ar(tmp_path):
+    """--adapt q,k,v,gate,up (the cheap drafter): only those projections are saved, an earlier adapter on
+    every projection is a valid start, bf16 training works, and the served model's clean rows stay AR."""
+    base = ck.write_llama(tmp_path / "base", ck.hf_llama(seed=24))
+    data = _data(tmp_path / "d.jsonl")
+    common = ["refurbish", "--ar-preserving", "--teacher", str(base), "--data", str(data), "--mask-token", str(MASK),
+              "--block-size", "4", "--lora-rank", "4", "--lr", "1e-2", "--batch-size", "3", "--anchors", "6",
+              "--save-every", "1000"]
+    assert main(common + ["--out", str(tmp_path / "all"), "--steps", "3"]) == 0
+    out = tmp_path / "cut"
+    assert main(common + ["--out", str(out), "--steps", "3", "--init-from", str(tmp_path / "all"),
+                          "--adapt", "q,k,v,gate,up", "--dtype", "bf16"]) == 0
+    names = {k.split(".")[2] for k in _adapter(out) if k.startswith("layers.")}
+    assert names == {"q", "k", "v", "gate", "up"}
+    assert json.loads((out / "d2f.json").read_text())["step"] == 6
+    d2f, ar = make_engine(out), make_engine(base)
+    assert all(set(layer) == {"qkv", "gate_up"} for layer in d2f.model.adapter.layers)
+    prompt = [5, 9, 13, 4]
+    want = ar.generate([prompt], DecodeParams(max_tokens=12, ignore_eos=True))[0].token_ids
+    exact = DecodeParams(max_tokens=12, ignore_eos=True, exact=True, block_size=3)
+    assert d2f.generate([prompt], exact)[0].token_ids == want
+    assert main(common + ["--out", str(tmp_path / "bad"), "--steps", "1", "--adapt", "q,nope"]) == 2
+    assert main(common[:1] + common[2:] + ["--out", str(tmp_path / "bad"), "--adapt", "q"]) == 2  # not plain mode

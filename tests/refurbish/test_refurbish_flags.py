@@ -26,13 +26,20 @@ def _refused(capsys, args, *flags):
         assert flag in err[0], (flag, err[0])
 
 
-@pytest.mark.parametrize("extra", [["--dtype", "bf16"], ["--device", "cpu"], ["--chat"], ["--mask-ratio", "0.3,0.6"],
+@pytest.mark.parametrize("extra", [["--device", "cpu"], ["--chat"], ["--mask-ratio", "0.3,0.6"],
                                    ["--lora-alpha", "4"], ["--lora-dropout", "0"], ["--hard-weight", "0.5"],
-                                   ["--save", "merged"], ["--student-init", "x"], ["--full"],
-                                   ["--fresh-optimizer"], ["--no-optimizer-state"]])
+                                   ["--save", "merged"], ["--student-init", "x"], ["--full"]])
 def test_ar_preserving_refuses_what_it_does_not_use(files, tmp_path, capsys, extra):
     _refused(capsys, ["refurbish", "--ar-preserving", "--teacher", str(files["llama"]), "--data", "d.jsonl",
                       "--out", str(tmp_path / "o"), *extra], "--ar-preserving does not use", extra[0])
+    assert not (tmp_path / "o").exists()
+
+
+def test_ar_preserving_refuses_a_dtype_it_cannot_train_in(files, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt_ids": [5, 6, 7], "answer_ids": [8, 9, 10, 11, 2]}) + "\n")
+    _refused(capsys, ["refurbish", "--ar-preserving", "--teacher", str(files["llama"]), "--data", str(data),
+                      "--out", str(tmp_path / "o"), "--mask-token", "7", "--dtype", "fp16"], "fp32 or bf16")
     assert not (tmp_path / "o").exists()
 
 
