@@ -8,6 +8,7 @@ is the evaluated model's own AR answer.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field, replace
@@ -202,6 +203,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) -> int:
     """0, or 1 when an exact-mode answer differs from the model's own AR answer (exact mode is broken)."""
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        # Refused before the run, not after it: an eval takes minutes to hours and its report would be lost.
+        raise ValueError("--plot needs matplotlib (pip install 'd2f-serve[plot]')")
     torch.manual_seed(0)
     report = evaluate(cfg)
     if plot:

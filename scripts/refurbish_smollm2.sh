@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the default model's D2F adapter (engine/models/smollm2_d2f/) on a CPU, then measure its
-# speed/quality curve against SmolLM2 run as AR: the recipe behind docs/smollm2_d2f_eval.json and the PNG.
+# speed/quality curve against SmolLM2 run as AR: the recipe behind docs/smollm2_d2f_stage2_eval.json and its PNG.
 #
 #   scripts/refurbish_smollm2.sh [WORKDIR] [STAGE2_STEPS]
 #
@@ -62,11 +62,11 @@ PY
 # The default engine settings (dtype auto: bf16 where the CPU has native bf16; no quantization).
 "${d2f[@]}" eval --model "$work/d2f" --reference-model "$base" --prompts "$here/prompts/heldout.txt" --chat \
     --dtype auto --max-tokens 64 --knobs exact/2,exact/3,quality,balanced,fast --single-stream 24 \
-    --plot "$root/docs/smollm2_d2f_curve.png" --json > "$root/docs/smollm2_d2f_eval.json"
+    --plot "$root/docs/smollm2_d2f_stage2_curve.png" --json > "$root/docs/smollm2_d2f_stage2_eval.json"
 
 mkdir -p "$root/engine/models/smollm2_d2f"
 cp "$work/d2f/mask_adapter.safetensors" "$root/engine/models/smollm2_d2f/"
 "$py" -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["d2f"], indent=1))' \
     "$work/d2f/config.json" > "$root/engine/models/smollm2_d2f/d2f.json"
 "$py" -c 'import json,sys; r=json.load(open(sys.argv[1])); [print(json.dumps({k: v for k, v in s.items() if k != "sample"})) for s in [r["ar"]] + r["settings"]]' \
-    "$root/docs/smollm2_d2f_eval.json"
+    "$root/docs/smollm2_d2f_stage2_eval.json"

@@ -103,3 +103,13 @@ def test_llama_cpp_yardstick_is_optional(monkeypatch):
 
     monkeypatch.setattr(llama_cpp.importlib.util, "find_spec", lambda name: None)
     assert llama_cpp.tok_s("m.gguf", [[1, 2]], 4, 1) is None
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_run(refurbished, tmp_path, capsys, monkeypatch):
+    from d2f.refurbish import eval as eval_module
+
+    out, prompts = refurbished
+    monkeypatch.setattr(eval_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(eval_module, "evaluate", lambda cfg: pytest.fail("evaluated before refusing"))
+    assert main(["eval", "--model", str(out), "--prompts", str(prompts), "--plot", str(tmp_path / "c.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
