@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from d2f.engine.timing import rss_mb
+
 from .live import LiveServer
 
 KNOBS = [{}, {"speed": "fast"}, {"speed": "quality"}, {"speed": 0.3}, {"tau_conf": 0.5}]
@@ -32,16 +34,7 @@ def _loopback(url: str) -> None:
 
 
 def _rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return None if pid is None else rss_mb(pid)
 
 
 def _body(prompt: str, knob: dict, max_tokens: int) -> dict:

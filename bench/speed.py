@@ -11,11 +11,10 @@ from d2f.engine import llama_cpp
 from d2f.engine.cli_args import MODEL_FIELDS, add_dataclass_arguments, engine_config, from_args
 from d2f.engine.config import EngineConfig
 from d2f.engine.engine import Engine
-from d2f.engine.llama_cpp import rss_mb
 from d2f.engine.models.linear import onednn_supported
 from d2f.engine.params import SPEED_PRESETS, DecodeParams, speed_to_taus
 from d2f.engine.runner import Work
-from d2f.engine.timing import device_sync, fastest_generate, median_ms
+from d2f.engine.timing import device_sync, fastest_generate, median_ms, rss_mb
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 

@@ -12,18 +12,11 @@ import subprocess
 import sys
 import time
 
+from .timing import rss_mb
+
 
 def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
-
-
-def rss_mb(pid: int | str = "self") -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
-    return round(kb / 1024, 1)
 
 
 def tok_s(gguf: str, prompts: list[list[int]], max_tokens: int, threads: int, runs: int = 2) -> dict | None:

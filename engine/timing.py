@@ -96,3 +96,13 @@ def stepped(engine, prompts: list[list[int]], params) -> dict:
             "ms_per_step": round(1000 * total / steps, 2),
             "latency_p50_s": round(statistics.median(latency.values()), 3),
             "latency_max_s": round(max(latency.values()), 3)}
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MB (Linux /proc), or None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+    return round(kb / 1024, 1)

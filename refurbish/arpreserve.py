@@ -318,22 +318,23 @@ def train(cfg: Config, stream=sys.stderr) -> int:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if cfg.init_from:
         start = Path(cfg.init_from)
-        fresh = student.load_adapter_state({k: v.float() for k, v in load_file(str(start / ADAPTER_FILE)).items()})
+        saved = start / OPTIMIZER_FILE
+        ckpt = torch.load(saved, weights_only=True) if cfg.load_optimizer and saved.is_file() else None
+        if ckpt is not None and (ckpt["adapt"] != list(student.adapt) or ckpt["rank"] != cfg.rank):
+            print("--init-from: its optimizer state is for another adapter shape: starting AdamW fresh", file=stream)
+            ckpt = None
+        # The fp32 adapter of the resumable state when it is used, else the served (bf16) file.
+        state = ckpt["adapter"] if ckpt is not None else \
+            {k: v.float() for k, v in load_file(str(start / ADAPTER_FILE)).items()}
+        fresh = student.load_adapter_state(state)
         if fresh:
             print(f"--init-from: {len(fresh)} projections start fresh (e.g. {fresh[0]})", file=stream)
+        if ckpt is not None:
+            opt.load_state_dict(ckpt["state"])
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr
         info = start / "d2f.json"
         step = json.loads(info.read_text()).get("step", 0) if info.is_file() else 0
-        saved = start / OPTIMIZER_FILE
-        if cfg.load_optimizer and saved.is_file():
-            ckpt = torch.load(saved, weights_only=True)
-            if ckpt["adapt"] == list(student.adapt) and ckpt["rank"] == cfg.rank:
-                student.load_adapter_state(ckpt["adapter"])
-                opt.load_state_dict(ckpt["state"])
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr
-            else:
-                print("--init-from: its optimizer state is for another adapter shape: starting AdamW fresh",
-                      file=stream)
 
     def train_step() -> tuple[float, int]:
         nonlocal step

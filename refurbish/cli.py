@@ -217,7 +217,7 @@ def _run_eval(args) -> int:
     engine = engine_config(args, kv_cache_memory=args.kv_cache_mb << 20)
     reference = resolve_model(args.reference_model) if args.reference_model else None
     gguf = args.gguf
-    embedded = args.reference_model == AR_DEFAULT or (args.reference_model is None and args.model in (None, D2F_DEFAULT))
+    embedded = args.reference_model == AR_DEFAULT or (args.reference_model is None and args.model == D2F_DEFAULT)
     if gguf is None and embedded:  # the embedded model is judged against itself as AR: its own GGUF
         from d2f.engine.models.default_model import gguf_path
 

@@ -38,7 +38,7 @@ class MaskAdapter:
     def __init__(self, spec: ModelSpec, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device: str,
                  source: str = FILE):
         self.mask_embed = None
-        self.active = True  # False: the decoder runs as the base model (benchmarks measure the adapter so)
+        self.active = True  # False: the decoder passes no row scale and runs as the base model (benchmarks)
         if "mask_embed" in tensors:
             emb = tensors.pop("mask_embed")
             if tuple(emb.shape) != (spec.hidden_size,):
@@ -112,10 +112,10 @@ class MaskAdapter:
             return y
         if entry.folded:
             base = y[:, :entry.out]
-            if scale is not None and self.active:
+            if scale is not None:
                 base.addcmul_(entry.b(y[:, entry.out:]), scale)
             return base
-        if scale is None or not self.active:
+        if scale is None:
             return y
         return y.addcmul_(entry.b(entry.a(x)), scale)
 
