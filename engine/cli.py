@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a D2F speed preset or number (--tau-* override it); exact: the AR model's own tokens, "
                         "drafted by the mask rows and verified (AR-preserving models)")
     p.add_argument("--block-size", type=int)
+    p.add_argument("--draft-width", type=int, help="exact mode, greedy: candidates verified for each first draft "
+                                                    "(a draft tree; default: the model's)")
     p.add_argument("--tau-add", type=float)
     p.add_argument("--tau-act", type=float)
     p.add_argument("--tau-conf", type=float)
@@ -81,7 +83,7 @@ def run(args) -> int:
             knobs[name] = getattr(args, name)
     params = DecodeParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed, block_size=args.block_size, tau_add=args.tau_add,
-                          **knobs)
+                          draft_width=args.draft_width, **knobs)
     try:
         timed = timed_generate(engine, [list(prompt)], params)
     except ValueError as exc:

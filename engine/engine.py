@@ -70,6 +70,7 @@ class Engine:
             return Knobs(block_size=block, tau_add=1.0, tau_act=1.0, tau_conf=1.0, max_tokens=params.max_tokens,
                          temperature=_temperature(params.temperature), top_p=float(params.top_p),
                          top_k=params.top_k, stop_ids=_stop_ids(params, spec), exact=True,
+                         draft_width=_pick(params.draft_width, spec.draft_width),
                          logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
         if not spec.valid_block_size(block):
             if not spec.is_d2f:
@@ -187,6 +188,9 @@ class Engine:
             seq.prompt_logprobs.extend(token_logprobs(rows[n:], [seq.tokens[p + 1] for p in work.score],
                                                       seq.knobs.temperature, k))
         committed = seq.algorithm.step(work, rows[:n]) if seq.steps is None else self._recorded_step(work, rows[:n])
+        if seq.kv_moves:  # before the pages they live in may go back
+            self.runner.move_kv(seq, seq.kv_moves)
+            seq.kv_moves = []
         # A sequence keeps pages for its next window only: a rejected draft tail (exact mode) gives its
         # pages back at once; block decoding never shrinks, so there this frees nothing.
         self.pool.shrink(seq.pages, seq.end + seq.algorithm.growth(seq))

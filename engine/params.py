@@ -11,6 +11,7 @@ from .logprobs import MAX_LOGPROBS
 SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
 # Not a point on that curve: drafts checked against the AR model (AR-preserving models only).
 EXACT = "exact"
+MAX_DRAFT_WIDTH = 8  # a wider tree costs more rows than its last candidates are ever accepted
 
 
 def speed_to_taus(speed: float) -> tuple[float, float]:
@@ -49,6 +50,9 @@ class DecodeParams:
     record_steps: bool = False
     # Exact mode: mask rows draft, the AR rows of the next forward verify (AR-preserving models).
     exact: bool = False
+    # Exact mode, greedy: candidates verified for each forward's first draft (a draft tree); None = the
+    # model's default. Sampling verifies one (the speculative rule is for one draft per position).
+    draft_width: int | None = None
 
     def verify(self) -> None:
         """Raise RequestError naming the bad field; never assert on user input."""
@@ -79,6 +83,11 @@ class DecodeParams:
         if self.exact and any(getattr(self, n) is not None for n in ("tau_add", "tau_act", "tau_conf")):
             raise RequestError("tau_add, tau_act and tau_conf do not apply to exact mode (speed 'exact'): "
                                "every token is the AR model's")
+        if self.draft_width is not None and (isinstance(self.draft_width, bool) or not isinstance(self.draft_width, int)
+                                             or not 1 <= self.draft_width <= MAX_DRAFT_WIDTH):
+            raise RequestError(f"draft_width must be an integer in [1, {MAX_DRAFT_WIDTH}], got {self.draft_width!r}")
+        if self.draft_width is not None and not self.exact:
+            raise RequestError("draft_width applies to exact mode only (speed 'exact')")
         for tok in self.stop_token_ids:
             if not isinstance(tok, int) or tok < 0:
                 raise RequestError(f"stop_token_ids must be non-negative integers, got {tok!r}")

@@ -64,7 +64,7 @@ class Runner:
             n = w.end - w.start
             slots = self._slot_tensor(w.seq, w.end)
             ids.append(torch.tensor(w.seq.tokens[w.start:w.end], dtype=torch.long))
-            pos.append(torch.arange(w.start, w.end))
+            pos.append(w.seq.algorithm.positions(w.seq, w.start, w.end))
             write.append(slots[w.start:])
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
             pages = w.seq.pages
@@ -73,8 +73,11 @@ class Runner:
             # Each sequence's algorithm owns its attention rule (which rows attend in one call, over which keys)
             # and where the mask adapter acts.
             for rows, k_len, m in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
-                keys = slice(first, first + k_len) if first is not None else gathered[:k_len]
-                windows.append(SeqWindow(rows, keys, None if bool(m.all()) else m[None, None].to(dev)))
+                if not isinstance(k_len, int):  # explicit key positions of the sequence: [Lk] or [rows, Lk]
+                    keys = slots[k_len].to(dev)
+                else:
+                    keys = slice(first, first + k_len) if first is not None else gathered[:k_len]
+                windows.append(SeqWindow(rows, keys, None if m is None or bool(m.all()) else m[None, None].to(dev)))
             adapter_rows.extend(offset + j for j in w.seq.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n
         pad = self._align(offset) - offset
@@ -114,3 +117,11 @@ class Runner:
             out.append(logits[at:at + count])
             at += count
         return out
+
+    def move_kv(self, seq: Sequence, moves: list[tuple[int, int]]) -> None:
+        """Copy the K/V of sequence positions src to dst, every layer: exact mode's accepted side branch
+        takes the place of the rejected main one (its rows were computed exactly as there)."""
+        slots = self._slot_tensor(seq, max(max(m) for m in moves) + 1)
+        src = slots[[s for s, _ in moves]].to(self.device)
+        dst = slots[[d for _, d in moves]].to(self.device)
+        self.kv.kv.index_copy_(1, dst, self.kv.kv.index_select(1, src))

@@ -34,7 +34,8 @@ class EvalConfig:
     prompts: str = field(metadata={"help": "held-out prompts: text (one a line) or JSONL"})
     knobs: str | None = field(default=None, metadata={
         "help": "comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
-                "tau_conf/tau_act/block_size, e.g. 0.9/0.95/32; exact or exact/block_size (AR-preserving models) "
+                "tau_conf/tau_act/block_size, e.g. 0.9/0.95/32; exact, exact/block_size or exact/block_size/draft_width "
+                "(AR-preserving models) "
                 "(default: exact,0.95,0.9,0.85 on an AR-preserving model, else 0.95,0.9,0.85)"})
     reference_model: str | None = field(default=None, metadata={
         "help": "AR model for NLL, agreement and the AR point (default: the teacher recorded in the D2F checkpoint)"})
@@ -53,8 +54,8 @@ DEFAULT_KNOBS = "0.95,0.9,0.85"
 
 
 def parse_knobs(text: str) -> list[dict]:
-    """'0.95,0.9' | 'quality,fast' | '0.9/0.95/32' (tau_conf/tau_act/block_size) | 'exact' | 'exact/4'
-    -> DecodeParams fields."""
+    """'0.95,0.9' | 'quality,fast' | '0.9/0.95/32' (tau_conf/tau_act/block_size) | 'exact' | 'exact/4' |
+    'exact/2/4' (block_size/draft_width) -> DecodeParams fields."""
     out = []
     for item in [x.strip() for x in text.split(",") if x.strip()]:
         if item.split("/")[0] == EXACT:
@@ -83,9 +84,10 @@ def _exact_knob(item: str) -> dict:
     parts = item.split("/")
     if len(parts) == 1:
         return {"exact": True}
-    if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) >= 1:
-        return {"exact": True, "block_size": int(parts[1])}
-    raise ValueError(f"--knobs entry {item!r}: expected exact or exact/block_size")
+    if len(parts) in (2, 3) and all(x.isdigit() and int(x) >= 1 for x in parts[1:]):
+        knob = {"exact": True, "block_size": int(parts[1])}
+        return knob | ({"draft_width": int(parts[2])} if len(parts) == 3 else {})
+    raise ValueError(f"--knobs entry {item!r}: expected exact, exact/block_size or exact/block_size/draft_width")
 
 
 def find_reference(model: str, lora: str | None) -> str | None:
@@ -184,6 +186,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                                                                                      block_size=1))]
             row["ar_mismatches"] = sum(a != b for a, b in zip(answers, own_ar))
         full = dict(knob, block_size=knob.get("block_size", engine.spec.block_size))
+        if params.exact:
+            full["draft_width"] = knob.get("draft_width", engine.spec.draft_width)
         row = {"knobs": full, **row}
         if ar["tokens_per_second"] and row["tokens_per_second"]:
             row["speedup_vs_ar"] = round(row["tokens_per_second"] / ar["tokens_per_second"], 3)
@@ -240,5 +244,6 @@ def run_eval(cfg: EvalConfig, plot: str | None = None, as_json: bool = False) ->
 
 def _label(knobs: dict) -> str:
     if knobs.get("exact"):
-        return f"exact B{knobs['block_size']}"
+        width = knobs.get("draft_width", 1)
+        return f"exact B{knobs['block_size']}" + (f" W{width}" if width > 1 else "")
     return f"conf {knobs['tau_conf']} act {knobs['tau_act']} B{knobs['block_size']}"

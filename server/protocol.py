@@ -9,7 +9,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from d2f.engine.logprobs import MAX_LOGPROBS
-from d2f.engine.params import DecodeParams, speed_fields
+from d2f.engine.params import MAX_DRAFT_WIDTH, DecodeParams, speed_fields
 
 MAX_N = 16
 MAX_STOP = 16
@@ -18,7 +18,7 @@ MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions; chat's top_lo
 # pydantic's lax mode reads true as 1; for these a boolean is always a client bug, so it is a 400.
 NUMERIC = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed", "temperature", "top_p",
            "frequency_penalty", "presence_penalty", "speed", "block_size", "tau_add", "tau_act", "tau_conf", "top_k",
-           "top_logprobs")
+           "draft_width", "top_logprobs")
 
 
 class StreamOptions(BaseModel):
@@ -56,7 +56,7 @@ class _Common(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0, seed=self.seed, ignore_eos=self.ignore_eos,
-            block_size=self.block_size, tau_add=self.tau_add,
+            block_size=self.block_size, tau_add=self.tau_add, draft_width=self.draft_width,
             tau_act=self.tau_act if self.tau_act is not None else act,
             tau_conf=self.tau_conf if self.tau_conf is not None else conf, exact=knobs.get("exact", False),
             logprobs=logprobs, prompt_logprobs=prompt_logprobs,
@@ -90,6 +90,7 @@ class D2FExtensions(_Common):
     tau_add: float | None = Field(None, ge=0, le=1)
     tau_act: float | None = Field(None, ge=0, le=1)
     tau_conf: float | None = Field(None, ge=0, le=1)
+    draft_width: int | None = Field(None, ge=1, le=MAX_DRAFT_WIDTH)  # exact mode's draft tree (greedy)
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     ignore_eos: bool = False
 

@@ -3,9 +3,11 @@
 A clean row of an AR-preserving model sees only clean tokens, so it is the AR model itself. Each forward
 feeds the committed tokens not yet cached, the pending drafts as clean tokens, then a block of masks:
 
-    [ ... committed | d_1 .. d_k | mask x m ]
+    [ ... committed | d_1 .. d_k | mask x m ]      (m = block_size - 1: as many masks as drafts to come)
       row c-1 and the draft rows predict positions c .. c+k: the AR model's tokens there;
-      the mask rows (but the last) predict positions c+k+1 .. c+k+m-1: the next drafts.
+      the mask rows predict positions c+k+1 .. c+k+m: the next drafts. A mask sees the committed tokens,
+      the drafts and the other masks; no mask sits at the last draft's own position (measured: such a
+      trailing mask, which predicts nothing, costs a row and leaves the acceptance where it is).
 
 The longest prefix of drafts the AR tokens agree with is committed, then the AR token after it; so every
 forward commits 1 to k+1 tokens, all the AR model's. Only when every draft was accepted do the mask rows'
@@ -15,6 +17,19 @@ proposed with probability q(x) is accepted with probability min(1, p(x)/q(x)), p
 a rejection draws from normalize(max(0, p - q)): the standard speculative-sampling rule, whose output
 follows p exactly. The drafts of one round are drawn independently (each mask row sees masks, not the
 other drafts), so q of each is its own row's distribution.
+
+Draft tree (greedy, knobs.draft_width w > 1): a rejected first draft leaves the next forward with no
+draft at all, so the runner-up tokens for the first draft are verified too, each in a side branch that
+repeats the drafts after it and has masks of its own:
+
+    [ ... committed | c_1 .. c_w | d_2 x w | ... | masks of branch 1 | ... | masks of branch w ]
+
+Clean rows are laid out by depth (the w rows of one depth have key sets of one length: the prefix and
+their own branch, stacked into one attention call whose rows get their lone bits), masks by branch (one
+call; a mask sees the prefix and its own branch). A branch's rows take the positions the main branch's
+have. The AR row before c_1 picks the branch whose candidate it agrees with; that branch is verified as
+above, and its K/V rows are copied to the canonical slots (Sequence.kv_moves). The output is the AR
+model's greedy output whatever the width; width only raises how often a forward has a draft to check.
 
 Between forwards the sequence's tokens are the committed ones only; `begin` appends the drafts and masks
 and `step` cuts them off again.
@@ -34,40 +49,78 @@ if TYPE_CHECKING:
 
 class Verified(ARPreserving):
     # ---- planning -----------------------------------------------------------------------------
-    def growth(self, seq: Sequence) -> int:
-        """The drafts, then the mask rows: B of them (B-1 drafts), fewer when max_tokens is near, since a
-        forward commits at most its drafts + 1; at least one (the position the AR token goes to)."""
+    def shape(self, seq: Sequence) -> tuple[int, int, int]:
+        """(drafts k, branches, masks per branch) of the next forward: block_size - 1 masks, fewer when
+        max_tokens is near (a forward commits at most k + 1 tokens; drafts past the end are useless)."""
         k = len(seq.drafts)
         room = seq.prompt_len + seq.knobs.max_tokens - seq.end  # answer tokens still allowed
-        return k + min(seq.knobs.block_size, max(1, room - k - 1))
+        masks = min(seq.knobs.block_size - 1, max(0, room - k - 1))
+        branches = 1 + len(seq.draft_alts) if k else 1
+        return k, branches, masks
+
+    def growth(self, seq: Sequence) -> int:
+        """Positions appended before the forward; at least one, so a forward is always planned as one that
+        appends (a lone placeholder is left out of the window: the AR token is read from the row before)."""
+        k, branches, masks = self.shape(seq)
+        return max(1, branches * (k + masks))
 
     def window(self, seq: Sequence, end: int, add: bool, shift_logits: bool) -> tuple[int, int, list[int]]:
         c = seq.end
-        predict = list(range(c, end))  # AR tokens at c .. c+k, then the next drafts
-        if end - c - len(seq.drafts) == 1:
-            end -= 1  # a lone mask proposes nothing: its token is read from the row before it, not fed
+        k, branches, masks = self.shape(seq)
+        # Rows read (each predicts index + 1): the last committed token's (the AR token at c), then per
+        # branch its clean rows (AR tokens) and its mask rows (the next drafts).
+        predict = [c]
+        for i in range(branches):
+            predict += [self._clean(c, branches, i, j) + 1 for j in range(k)]
+            predict += [self._mask(c, k, branches, masks, i, r) + 1 for r in range(masks)]
+        if not k + masks:
+            end -= 1  # the placeholder
         return end, c, predict
+
+    @staticmethod
+    def _clean(c: int, branches: int, i: int, j: int) -> int:
+        """Sequence index of branch i's clean row at depth j (its candidate at j = 0)."""
+        return c + j * branches + i
+
+    @staticmethod
+    def _mask(c: int, k: int, branches: int, masks: int, i: int, r: int) -> int:
+        return c + k * branches + i * masks + r
 
     # ---- executing a Work ---------------------------------------------------------------------
     def begin(self, work: Work) -> None:
         if not work.add_block:  # a prompt chunk
             return
         seq = work.seq
-        k = len(seq.drafts)
-        masks = self.growth(seq) - k
-        seq.tokens.extend(seq.drafts + [seq.mask_id] * masks)
-        seq.is_masked.extend([False] * k + [True] * masks)
+        k, branches, masks = self.shape(seq)
+        firsts = (seq.drafts[:1] + seq.draft_alts)[:branches]
+        for j in range(k):
+            seq.tokens.extend(firsts if j == 0 else [seq.drafts[j]] * branches)
+        placeholder = 0 if k + masks else 1
+        seq.tokens.extend([seq.mask_id] * (masks * branches + placeholder))
+        seq.is_masked.extend([False] * (k * branches) + [True] * (masks * branches + placeholder))
+        seq.tree = (seq.end - branches * (k + masks) - placeholder, k, branches, masks)
 
     def step(self, work: Work, logits: torch.Tensor) -> int:
         seq = work.seq
         c = work.commit_upto
+        tree, seq.tree = seq.tree, None
         if not work.predict:
             seq.cached_len = c
             return 0
-        if not bool(torch.isfinite(logits).all()):
+        if not bool(torch.isfinite(logits.sum())):  # one sum: see Algorithm.step
             raise FloatingPointError("non-finite logits")
-        drafts, k = seq.drafts, len(seq.drafts)
-        accepted, token = self.verify(seq, logits[:k + 1])
+        _, k, branches, masks = tree
+        per = k + masks  # rows read per branch
+        branch = 0
+        if branches > 1:  # greedy: the branch whose candidate the AR token at c agrees with, if any
+            first, _ = self.choose(logits[:1], seq.knobs, None)
+            firsts = seq.drafts[:1] + seq.draft_alts
+            branch = firsts.index(int(first)) if int(first) in firsts[:branches] else 0
+        rows = logits[1 + branch * per:1 + (branch + 1) * per]
+        drafts = ([seq.drafts[0] if branch == 0 else seq.draft_alts[branch - 1]] + seq.drafts[1:]) if k else []
+        seq.drafts = drafts
+        ar_rows = torch.cat([logits[:1], rows[:k]])
+        accepted, token = self.verify(seq, ar_rows)
         self.count(seq, k, accepted)
         new = drafts[:accepted] + [token]
         del seq.tokens[c:], seq.is_masked[c:]
@@ -75,14 +128,15 @@ class Verified(ARPreserving):
         seq.is_masked.extend([False] * len(new))
         # Rows up to the last accepted draft saw only final tokens: their K/V written by this forward are
         # the AR model's. The token after them has not been fed yet; rejected positions are never cached.
+        seq.kv_moves = [(src, c + j) for j in range(accepted) if (src := self._clean(c, branches, branch, j)) != c + j]
         seq.cached_len = c + accepted
         seq.eos_seen = any(t in seq.knobs.stop_ids for t in new)
         # Row j is the AR model's distribution at c + j: the committed tokens' logprobs are exact AR ones.
-        self.record_logprobs(seq, list(range(c, c + len(new))), logits[:len(new)])
+        self.record_logprobs(seq, list(range(c, c + len(new))), ar_rows[:len(new)])
         if accepted == k and not seq.eos_seen:
-            seq.drafts, seq.draft_probs = self.propose(seq, logits[k + 1:])
+            seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, rows[k:])
         else:  # the mask rows drafted after a rejected token (or past the end): useless
-            seq.drafts, seq.draft_probs = [], None
+            seq.drafts, seq.draft_probs, seq.draft_alts = [], None, []
         if seq.record is not None:
             self.note_drafts(seq, c, drafts, accepted, new)
         return len(new)
@@ -119,15 +173,21 @@ class Verified(ARPreserving):
             return j, int(torch.multinomial(residual, 1, generator=gen))
         return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=gen))
 
-    def propose(self, seq: Sequence, rows: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
-        """Mask rows [n, V] -> the next drafts, and (sampling) the distributions they were drawn from."""
+    def propose(self, seq: Sequence, rows: torch.Tensor) -> tuple[list[int], torch.Tensor | None, list[int]]:
+        """Mask rows [n, V] -> the next drafts, (sampling) the distributions they were drawn from, and
+        (greedy, draft_width > 1) the runner-up tokens for the first draft."""
         if not rows.shape[0]:
-            return [], None
+            return [], None, []
         if seq.knobs.temperature == 0:
             ids, _ = self.choose(rows, seq.knobs, None)
-            return ids.tolist(), None
+            drafts, width = ids.tolist(), seq.knobs.draft_width
+            alts = []
+            if width > 1:
+                top = torch.topk(rows[0], min(width, rows.shape[1])).indices.tolist()
+                alts = [t for t in top if t != drafts[0]][:width - 1]
+            return drafts, None, alts
         q = self.probabilities(rows, seq.knobs)
-        return torch.multinomial(q, 1, generator=seq.generator).squeeze(-1).tolist(), q
+        return torch.multinomial(q, 1, generator=seq.generator).squeeze(-1).tolist(), q, []
 
     @staticmethod
     def count(seq: Sequence, k: int, accepted: int) -> None:
@@ -142,23 +202,48 @@ class Verified(ARPreserving):
 
     # ---- attention (the runner asks) ----------------------------------------------------------
     def attention_windows(self, seq: Sequence, start: int, end: int,
-                          ends: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+                          ends: torch.Tensor) -> list[tuple[int, object, torch.Tensor | None]]:
         """Clean rows attend in exactly the calls AR decoding makes for them, so their bits are AR's in any
         dtype, not merely close (attention kernels round differently by query and key count): prompt rows
         in one call over the prompt, as AR's prefill; each answer row alone over the keys up to itself, as
-        an AR step. The mask rows then attend in one call of their own."""
-        full = self.attention_rows(seq, start, end, end, ends)
+        an AR step (a draft tree's rows of one depth stacked, each over its own keys: the single-query
+        kernel gives a stacked row its lone bits). The mask rows then attend in one call of their own:
+        each sees the committed tokens and its own branch."""
+        c, k, branches, masks = seq.tree if seq.tree is not None else (end, 0, 1, 0)
         out, i = [], start
-        prompt_end = min(seq.prompt_len, end)
+        prompt_end = min(seq.prompt_len, c)
         if i < prompt_end:
-            out.append((prompt_end - i, prompt_end, full[:prompt_end - i, :prompt_end]))
+            causal = torch.arange(prompt_end)[None, :] <= torch.arange(i, prompt_end)[:, None]
+            out.append((prompt_end - i, prompt_end, causal))
             i = prompt_end
-        while i < end and not seq.is_masked[i]:
-            out.append((1, i + 1, full[i - start:i - start + 1, :i + 1]))
-            i += 1
-        if i < end:
-            out.append((end - i, end, full[i - start:]))
+        out += [(1, p + 1, None) for p in range(i, c)]
+        prefix = torch.arange(c)
+        for j in range(k):
+            if branches == 1:
+                out.append((1, c + j + 1, None))
+            else:
+                own = torch.tensor([[self._clean(c, branches, b, d) for d in range(j + 1)] for b in range(branches)])
+                out.append((branches, torch.cat([prefix.expand(branches, c), own], dim=1), None))
+        if masks:
+            first = self._mask(c, k, branches, masks, 0, 0)
+            key_branch = torch.full((end,), -1)
+            key_branch[c:first] = (torch.arange(c, first) - c) % branches
+            key_branch[first:] = (torch.arange(first, end) - first) // masks
+            row_branch = key_branch[first:]
+            mask = (key_branch[None, :] < 0) | (key_branch[None, :] == row_branch[:, None])
+            out.append((end - first, end, mask))
         return out
+
+    def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """A side branch's rows take the main branch's positions."""
+        idx = torch.arange(start, end)
+        if seq.tree is None or seq.tree[2] == 1:
+            return idx
+        c, k, branches, masks = seq.tree
+        rel = idx - c
+        tree_pos = torch.where(rel < k * branches, c + torch.div(rel, branches, rounding_mode="floor"),
+                               c + k + (rel - k * branches) % max(masks, 1))
+        return torch.where(rel < 0, idx, tree_pos)
 
     # ---- outputs ------------------------------------------------------------------------------
     def emit_boundary(self, seq: Sequence) -> int:

@@ -24,7 +24,8 @@ class SeqWindow:
     """One sequence's part of the packed step, as attention sees it: exactly the shapes it has alone."""
     rows: int                  # its packed rows start at the sum of the earlier windows' rows
     # KV slots of every key it attends over (cached prefix + this window): [Lk] indices, or a slice when
-    # its pages are consecutive, so its keys are a view of the cache instead of a gathered copy.
+    # its pages are consecutive, so its keys are a view of the cache instead of a gathered copy; or
+    # [rows, Lk]: one query per row, each over its own keys (exact mode's stacked draft rows; mask None).
     slots: torch.Tensor | slice
     mask: torch.Tensor | None  # [1, 1, rows, Lk] bool, True = may attend; None = attend to all
 
@@ -104,8 +105,13 @@ class Decoder(torch.nn.Module):
         hd = spec.head_dim
         out, start = [], 0
         for w in batch.windows:
-            keys = (layer_kv[w.slots] if isinstance(w.slots, slice) else layer_kv.index_select(0, w.slots))[None]
-            queries = q[start:start + w.rows].view(1, w.rows, spec.num_heads, hd)
+            if isinstance(w.slots, slice):
+                keys = layer_kv[w.slots][None]
+            elif w.slots.dim() == 2:  # stacked rows: [rows, Lk] keys, one query each
+                keys = layer_kv[w.slots]
+            else:
+                keys = layer_kv.index_select(0, w.slots)[None]
+            queries = q[start:start + w.rows].view(keys.shape[0], -1, spec.num_heads, hd)
             out.append(attention(queries, keys, w.mask).reshape(w.rows, -1))
             start += w.rows
         if start < q.shape[0]:  # alignment padding rows: zeros

@@ -126,11 +126,13 @@ def _apply_d2f_section(spec: ModelSpec, d2f: dict, path: str) -> None:
         raise CheckpointError(f"{path}: 'd2f' must be an object")
     for key, kind in (("mask_token_id", int), ("train_block_size", int), ("block_size", int),
                       ("tau_add", float), ("tau_act", float), ("tau_conf", float), ("prompt_causal", bool),
-                      ("ar_preserving", bool)):
+                      ("ar_preserving", bool), ("draft_width", int)):
         if key in d2f:
             setattr(spec, key, kind(d2f[key]))
     if "block_size" not in d2f:
         spec.block_size = spec.train_block_size if spec.is_d2f else 1
+    if spec.draft_width < 1:
+        raise CheckpointError(f"{path}: 'draft_width' must be >= 1, got {spec.draft_width}")
     if spec.ar_preserving and not (spec.shift_logits and spec.prompt_causal and spec.is_d2f):
         raise CheckpointError(f"{path}: 'ar_preserving' needs a causal, shifted-logit model with a mask_token_id")
 

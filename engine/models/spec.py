@@ -36,6 +36,8 @@ class ModelSpec:
     # positions, so its state, and the logit predicting the leftmost mask, are exactly the AR model's;
     # that leftmost mask is committed every forward; an adapter acts only at mask positions.
     ar_preserving: bool = False
+    # Exact mode's default draft tree width (greedy): candidates verified for the first draft of a forward.
+    draft_width: int = 1
 
     @property
     def is_d2f(self) -> bool:

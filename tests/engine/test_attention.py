@@ -129,3 +129,18 @@ def test_bad_head_counts_are_refused():
     q, k, v = _inputs(torch.Generator().manual_seed(0), 1, 2, 10, (4, 3), torch.float32)
     with pytest.raises(ValueError, match="multiple"):
         matmul_attention(q, k, v, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stacked_single_query_rows_get_their_lone_bits(dtype):
+    """Exact mode stacks one-query rows with key sets of one length into one call; each row must get
+    exactly the bits it gets alone (AR decoding's call), for any stack height and key count."""
+    gen = torch.Generator().manual_seed(7)
+    for heads in HEADS.values():
+        for lk in list(range(1, 70)) + [127, 128, 129, 255, 256, 257, 700]:
+            b = 2 + lk % 7
+            q, k, v = _inputs(gen, b, 1, lk, heads, dtype)
+            kv = torch.cat([k, v], dim=2)
+            together = attention(q, kv, None)
+            alone = torch.cat([attention(q[i:i + 1], kv[i:i + 1], None) for i in range(b)])
+            assert torch.equal(together, alone), (heads, lk, b)

@@ -50,7 +50,7 @@ def _oracle(answers: dict[tuple, list[int]], wrong=lambda i: False):
     answer indices `wrong` names: those get another token."""
     def propose(seq, rows):
         ref, n = answers[tuple(seq.prompt_ids)], seq.end - seq.prompt_len
-        return [(ref[i] + 1) % ck.VOCAB if wrong(i) else ref[i] for i in range(n, n + rows.shape[0])], None
+        return [(ref[i] + 1) % ck.VOCAB if wrong(i) else ref[i] for i in range(n, n + rows.shape[0])], None, []
     return propose
 
 

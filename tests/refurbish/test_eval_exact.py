@@ -27,7 +27,7 @@ def test_eval_reports_exact_mode_by_default(arp, capsys):
     assert main(_eval(arp, "--json", "--single-stream", "1")) == 0
     report = json.loads(capsys.readouterr().out)
     exact = report["settings"][0]
-    assert exact["knobs"] == {"exact": True, "block_size": 4}
+    assert exact["knobs"] == {"exact": True, "block_size": 4, "draft_width": 1}
     assert [s["knobs"].get("tau_conf") for s in report["settings"][1:]] == [0.95, 0.9, 0.85]
     assert exact["ar_mismatches"] == 0 and exact["exact_match"] == 1.0  # the reference is the same base model
     assert [a["offset"] for a in exact["acceptance"]] == [1, 2, 3]
@@ -37,9 +37,10 @@ def test_eval_reports_exact_mode_by_default(arp, capsys):
 
 
 def test_eval_exact_block_sizes_and_the_text_table(arp, capsys):
-    assert main(_eval(arp, "--knobs", "exact/2,exact/6")) == 0
+    assert main(_eval(arp, "--knobs", "exact/2,exact/6,exact/2/3")) == 0
     out = capsys.readouterr().out
     assert "exact B2: drafts accepted per offset 1..1:" in out
+    assert "exact B2 W3: drafts accepted per offset 1..1:" in out
     assert "exact B6: drafts accepted per offset 1..5:" in out and "answers differing from AR: 0" in out
 
 
@@ -49,8 +50,9 @@ def test_eval_refuses_exact_where_there_are_no_ar_rows(tmp_path, arp, capsys):
     args[args.index(str(arp["model"]))] = str(d2f)
     assert main(args) == 2
     assert "AR-preserving" in capsys.readouterr().err
-    assert parse_knobs("exact, exact/8,0.9") == [{"exact": True}, {"exact": True, "block_size": 8},
-                                                 {"tau_conf": 0.9, "tau_act": 0.9}]
-    for bad in ("exact/0", "exact/x", "exact/4/2"):
-        with pytest.raises(ValueError, match="exact or exact/block_size"):
+    assert parse_knobs("exact, exact/8,0.9,exact/2/4") == [
+        {"exact": True}, {"exact": True, "block_size": 8}, {"tau_conf": 0.9, "tau_act": 0.9},
+        {"exact": True, "block_size": 2, "draft_width": 4}]
+    for bad in ("exact/0", "exact/x", "exact/4/0", "exact/4/2/1"):
+        with pytest.raises(ValueError, match="exact, exact/block_size or exact/block_size/draft_width"):
             parse_knobs(bad)

@@ -30,10 +30,12 @@ def test_exact_is_the_ar_answer_streamed_with_stop_and_length(arp_dir):
             chat_ar = (await c.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "temperature": 0,
                 "ignore_eos": True, "block_size": 1})).json()
-            return ar, exact, streamed, stop, stopped, short, chat, chat_ar
-    ar, exact, streamed, stop, stopped, short, chat, chat_ar = run(main())
+            tree = (await c.post("/v1/completions", json=BODY | {"speed": "exact", "draft_width": 3})).json()
+            return ar, exact, streamed, stop, stopped, short, chat, chat_ar, tree
+    ar, exact, streamed, stop, stopped, short, chat, chat_ar, tree = run(main())
     text = ar["choices"][0]["text"]
     assert exact["choices"][0]["text"] == text and exact["choices"][0]["finish_reason"] == "length"
+    assert tree["choices"][0]["text"] == text
     assert exact["usage"]["completion_tokens"] == 24 and 1 <= exact["usage"]["forwards"] <= 24
     events = sse_events(streamed.text)
     chunks = [e["choices"][0] for e in events if e["choices"]]
@@ -63,6 +65,8 @@ def test_exact_refusals_are_400(arp_dir, model_dirs):
             out["d2f"] = await c.post("/v1/completions", json=BODY | {"speed": "exact"})
         async with Client(arp_dir) as c:
             out["taus"] = await c.post("/v1/completions", json=BODY | {"speed": "exact", "tau_conf": 0.9})
+            out["width0"] = await c.post("/v1/completions", json=BODY | {"speed": "exact", "draft_width": 0})
+            out["width_not_exact"] = await c.post("/v1/completions", json=BODY | {"draft_width": 2})
         async with Client(model_dirs["ar"]) as c:  # a pure AR model: exact is its plain decoding
             out["ar"] = [(await c.post("/v1/completions", json=BODY | knob)).json()
                          for knob in ({"speed": "exact"}, {})]
@@ -70,6 +74,8 @@ def test_exact_refusals_are_400(arp_dir, model_dirs):
     out = run(main())
     assert "AR-preserving" in clean_error(out["d2f"], 400)["message"]
     assert "exact mode" in clean_error(out["taus"], 400)["message"]
+    assert "draft_width" in clean_error(out["width0"], 400)["message"]
+    assert "exact mode only" in clean_error(out["width_not_exact"], 400)["message"]
     exact, plain = out["ar"]
     assert exact["choices"][0]["text"] == plain["choices"][0]["text"]
     assert exact["usage"]["forwards"] == plain["usage"]["forwards"] == 24

@@ -1,0 +1,155 @@
+"""Exact mode's draft tree (draft_width > 1, greedy): runner-up candidates for the first draft verified in
+side branches of the same forward.
+
+The output stays the AR model's greedy output for every width and block size, alone, batched and preempted;
+an accepted side branch's K/V, copied to the main branch's slots, are bit for bit the ones AR decoding
+writes there; sampling ignores the width.
+"""
+import random
+
+import pytest
+import torch
+
+from d2f.engine.errors import RequestError
+from d2f.engine.models.families import CheckpointError, _apply_d2f_section
+from d2f.engine.models.spec import ModelSpec
+from d2f.engine.params import DecodeParams
+from tests.support import checkpoints as ck
+from tests.support.batching import run_staggered
+from tests.support.engines import make_engine
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    hf, base, arp = ck.write_ar_preserving_pair(root, scale=0.1)
+    return {"base": base, "arp": arp}
+
+
+@pytest.fixture(scope="module")
+def eng(dirs):
+    return make_engine(dirs["arp"])
+
+
+def _prompt(seed: int, n: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, ck.VOCAB - 1) for _ in range(n)]
+
+
+def _exact(block: int, width: int, **kw) -> DecodeParams:
+    kw.setdefault("ignore_eos", True)
+    return DecodeParams(block_size=block, exact=True, draft_width=width, **kw)
+
+
+def _ar(max_tokens: int) -> DecodeParams:
+    return DecodeParams(max_tokens=max_tokens, block_size=1, ignore_eos=True)
+
+
+def _side_oracle(answers: dict, wrong_first):
+    """A drafter whose drafts are the AR answer, except that at the answer indices `wrong_first` names the
+    first draft is wrong and the AR token is its runner-up: only a side branch can accept it."""
+    def propose(seq, rows):
+        ref, n = answers[tuple(seq.prompt_ids)], seq.end - seq.prompt_len
+        drafts = [ref[i] for i in range(n, n + rows.shape[0])]
+        if not drafts or seq.knobs.temperature:
+            return drafts, None, []
+        width, right = seq.knobs.draft_width, drafts[0]
+        others = [(right + d) % ck.VOCAB for d in (1, 2, 3)]
+        if not wrong_first(n):
+            return drafts, None, others[:width - 1]
+        drafts[0] = others[0]
+        return drafts, None, (others[1:width - 1] + [right]) if width > 1 else []
+    return propose
+
+
+def _snapshot_kv(eng, monkeypatch) -> dict:
+    """Each finished request's committed tokens and the cached K/V of its positions [0, cached_len),
+    taken just before its pages go back."""
+    got = {}
+    real = eng.scheduler.remove
+
+    def remove(seq):
+        slots = eng.runner._slot_tensor(seq, seq.cached_len)
+        got[seq.request_id] = (list(seq.tokens[:seq.cached_len]), eng.kv.kv[:, slots].clone())
+        real(seq)
+    monkeypatch.setattr(eng.scheduler, "remove", remove)
+    return got
+
+
+@pytest.mark.parametrize("block", [2, 3, 5])
+@pytest.mark.parametrize("width", [2, 4])
+def test_greedy_is_ar_greedy_at_every_width(dirs, eng, block, width):
+    base = make_engine(dirs["base"])
+    for seed in range(3):
+        prompt = _prompt(seed + 7 * block + width, 3 + 5 * seed)
+        ar = base.generate([prompt], _ar(23))[0]
+        out = eng.generate([prompt], _exact(block, width, max_tokens=23))[0]
+        assert out.token_ids == ar.token_ids
+        assert out.num_forwards <= ar.num_forwards
+
+
+def test_a_side_branch_commits_and_its_kv_is_ar_bits(eng, monkeypatch):
+    """First drafts wrong but the AR token a runner-up: the side branches carry the answer (as many
+    forwards as a right drafter needs), and the cache they leave is exactly AR decoding's."""
+    prompts = [_prompt(90 + i, 4 + 3 * i) for i in range(3)]
+    answers = {tuple(p): eng.generate([p], _ar(30))[0].token_ids for p in prompts}
+    kv = _snapshot_kv(eng, monkeypatch)
+    for i, p in enumerate(prompts):
+        eng.add_request(f"ar{i}", p, _ar(30))
+        eng.add_request(f"all{i}", p, _exact(4, 1, max_tokens=30))
+        eng.add_request(f"side{i}", p, _exact(4, 3, max_tokens=30))
+    monkeypatch.setattr(eng.verified, "propose", _side_oracle(answers, lambda n: True))
+    outs = {}
+    while eng.has_unfinished():
+        outs |= {o.request_id: o for o in eng.step() if o.finished}
+    for i, p in enumerate(prompts):
+        side, narrow = outs[f"side{i}"], outs[f"all{i}"]
+        assert side.token_ids == narrow.token_ids == answers[tuple(p)]
+        assert side.num_forwards < narrow.num_forwards  # width 1 has no branch holding the right token
+        assert side.num_forwards <= 1 + -(-29 // 4)  # every forward after the first commits a whole window
+        tokens, cached = kv[f"side{i}"]
+        ar_tokens, ar_cached = kv[f"ar{i}"]
+        n = min(len(tokens), len(ar_tokens))
+        assert n > 20 and tokens[:n] == ar_tokens[:n]
+        assert torch.equal(cached[:, :n], ar_cached[:, :n])
+
+
+def test_batched_and_preempted_equal_alone(dirs, eng):
+    reqs = []
+    for i in range(8):
+        params = _exact([2, 3, 4][i % 3], [1, 2, 3, 4][i % 4], max_tokens=12 + 2 * i,
+                        temperature=[0.0, 0.0, 0.8][i % 3], seed=i)
+        reqs.append((f"t{i}", _prompt(30 + i, 3 + i), params))
+    alone = {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
+    done = run_staggered(eng, reqs, join_every=2)
+    assert {rid: o.token_ids for rid, o in done.items()} == alone
+    small = make_engine(dirs["arp"], kv_cache_memory=48 * 512, page_size=4)
+    done = run_staggered(small, reqs, join_every=1)
+    assert small.scheduler.num_preemptions > 0
+    assert {rid: o.token_ids for rid, o in done.items()} == alone
+    assert small.pool.num_free == small.pool.num_pages
+
+
+def test_sampling_ignores_the_width(eng):
+    prompt = _prompt(5, 6)
+    outs = [eng.generate([prompt], _exact(3, w, max_tokens=20, temperature=0.9, seed=3))[0] for w in (1, 4)]
+    assert outs[0].token_ids == outs[1].token_ids and outs[0].num_forwards == outs[1].num_forwards
+
+
+def test_width_is_checked_and_read_from_the_checkpoint(eng):
+    for bad in (0, 9, 2.0, True):
+        with pytest.raises(RequestError, match="draft_width"):
+            DecodeParams(exact=True, draft_width=bad).verify()
+    with pytest.raises(RequestError, match="exact mode only"):
+        DecodeParams(draft_width=2).verify()
+    spec = ModelSpec("llama", 64, 16, 1, 2, 1, 8, 32, 1e-5, 1e4, 64, mask_token_id=3)
+    _apply_d2f_section(spec, {"draft_width": 3}, "x")
+    assert spec.draft_width == 3
+    with pytest.raises(CheckpointError, match="draft_width"):
+        _apply_d2f_section(spec, {"draft_width": 0}, "x")
+    eng.spec.draft_width = 3  # the model's default applies when the request names none
+    try:
+        assert eng.resolve_knobs(DecodeParams(exact=True)).draft_width == 3
+        assert eng.resolve_knobs(DecodeParams(exact=True, draft_width=1)).draft_width == 1
+    finally:
+        eng.spec.draft_width = 1
