@@ -18,6 +18,9 @@ from d2f.engine.timing import device_sync, fastest_generate, median_ms, rss_mb
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
+# Exact mode's points: block sizes 2 and 3, and block 2 with a draft tree of 2 and 4 candidates.
+EXACT_POINTS = ("exact/2", "exact/3", "exact/2/2", "exact/2/4")
+
 
 @dataclass
 class SpeedConfig:
@@ -144,9 +147,11 @@ def run(cfg: SpeedConfig) -> dict:
             p = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act)
             result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
         if engine.spec.ar_preserving:  # exact mode: AR's own answer, drafted and verified
-            for block in (2, 3):
-                p = DecodeParams(max_tokens=cfg.max_tokens, exact=True, block_size=block)
-                result["d2f_tok_s"][f"exact/{block}"] = decode_tok_s(engine, prompt, p)
+            for name in EXACT_POINTS:  # exact/B or exact/B/draft_width
+                block, *width = map(int, name.split("/")[1:])
+                p = DecodeParams(max_tokens=cfg.max_tokens, exact=True, block_size=block,
+                                 draft_width=width[0] if width else 1)
+                result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
     else:
         result["d2f_tok_s"] = None
     result["llama_cpp_tok_s"] = llama_cpp.tok_s(cfg.gguf, [prompt], cfg.max_tokens, threads) if cfg.gguf else None
@@ -163,7 +168,7 @@ def run(cfg: SpeedConfig) -> dict:
         if result["d2f_tok_s"]:
             bal = result["d2f_tok_s"]["balanced"]["tok_s"]
             result["ratios"]["d2f_balanced_over_llama_cpp"] = round(bal / lc["tok_s"], 2)
-            for name in ("exact/2", "exact/3"):
+            for name in EXACT_POINTS:
                 if name in result["d2f_tok_s"]:
                     result["ratios"][f"{name}_over_llama_cpp"] = round(
                         result["d2f_tok_s"][name]["tok_s"] / lc["tok_s"], 2)

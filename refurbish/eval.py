@@ -34,8 +34,8 @@ class EvalConfig:
     prompts: str = field(metadata={"help": "held-out prompts: text (one a line) or JSONL"})
     knobs: str | None = field(default=None, metadata={
         "help": "comma-separated settings: a number sets tau_act = tau_conf; quality|balanced|fast; "
-                "tau_conf/tau_act/block_size, e.g. 0.9/0.95/32; exact, exact/block_size or exact/block_size/draft_width "
-                "(AR-preserving models) "
+                "tau_conf/tau_act/block_size, e.g. 0.9/0.95/32; exact, exact/block_size or "
+                "exact/block_size/draft_width (AR-preserving models) "
                 "(default: exact,0.95,0.9,0.85 on an AR-preserving model, else 0.95,0.9,0.85)"})
     reference_model: str | None = field(default=None, metadata={
         "help": "AR model for NLL, agreement and the AR point (default: the teacher recorded in the D2F checkpoint)"})

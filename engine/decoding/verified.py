@@ -128,7 +128,9 @@ class Verified(ARPreserving):
         seq.is_masked.extend([False] * len(new))
         # Rows up to the last accepted draft saw only final tokens: their K/V written by this forward are
         # the AR model's. The token after them has not been fed yet; rejected positions are never cached.
-        seq.kv_moves = [(src, c + j) for j in range(accepted) if (src := self._clean(c, branches, branch, j)) != c + j]
+        # A side branch's (or, in a tree, a deeper) accepted row sits elsewhere: the engine copies its K/V.
+        moves = [(self._clean(c, branches, branch, j), c + j) for j in range(accepted)]
+        seq.kv_moves = [(src, dst) for src, dst in moves if src != dst]
         seq.cached_len = c + accepted
         seq.eos_seen = any(t in seq.knobs.stop_ids for t in new)
         # Row j is the AR model's distribution at c + j: the committed tokens' logprobs are exact AR ones.
