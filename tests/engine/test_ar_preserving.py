@@ -4,7 +4,6 @@ The properties that make the design worth having: whatever the adapter says, the
 model's own greedy token, so with nothing confident enough the output is exactly AR; cached decoding equals
 the recompute-from-scratch reference with the same attention rule; a request's tokens do not depend on its batch.
 """
-import random
 
 import pytest
 import torch
@@ -24,16 +23,12 @@ def models(tmp_path_factory):
     return {"base": make_engine(base), "d2f": make_engine(d2f), "dir": d2f}
 
 
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, ck.VOCAB - 1) for _ in range(n)]
-
 
 @pytest.mark.parametrize("block,tau_add", [(1, 0.1), (2, 0.0), (4, 0.1), (8, 0.5)])
 def test_nothing_confident_is_exactly_ar(models, block, tau_add):
     """tau_conf 1.0: only the forced leftmost commits, each read from a clean row: the base model's greedy AR."""
     for seed in range(3):
-        prompt = _prompt(seed, 4 + 3 * seed)
+        prompt = ck.random_prompt(seed, 4 + 3 * seed)
         ar = models["base"].generate([prompt], DecodeParams(max_tokens=20, ignore_eos=True))[0]
         out = models["d2f"].generate([prompt], DecodeParams(max_tokens=20, block_size=block, tau_add=tau_add,
                                                             tau_act=0.5, tau_conf=1.0, ignore_eos=True))[0]
@@ -47,7 +42,7 @@ def test_cached_equals_recompute(models, knobs):
     eng = models["d2f"]
     parallel = 0
     for seed in range(3):
-        prompt = _prompt(50 + seed, 3 + 4 * seed)
+        prompt = ck.random_prompt(50 + seed, 3 + 4 * seed)
         params = DecodeParams(max_tokens=3 * block + 2, block_size=block, tau_add=tau_add, tau_act=tau_act,
                               tau_conf=tau_conf, ignore_eos=True)
         out = eng.generate([prompt], params)[0]
@@ -68,7 +63,7 @@ def test_adapter_changes_mask_rows_only(models, tmp_path):
     plain_dir = tmp_path / "plain"
     ck.write_llama(plain_dir, ck.hf_llama(seed=11), mask_id=ck.MASK_ID, d2f={"ar_preserving": True})
     plain = make_engine(plain_dir).model
-    tokens = _prompt(7, 6) + [ck.MASK_ID] * 3 + [5] + [ck.MASK_ID] * 2
+    tokens = ck.random_prompt(7, 6) + [ck.MASK_ID] * 3 + [5] + [ck.MASK_ID] * 2
     masked = [False] * 6 + [True] * 3 + [False] + [True] * 2
     a = full_logits(with_adapter, tokens, 6, 4, True, masked)
     b = full_logits(plain, tokens, 6, 4, True, masked)
@@ -79,7 +74,7 @@ def test_adapter_changes_mask_rows_only(models, tmp_path):
 
 def test_batched_equals_alone(models):
     eng = models["d2f"]
-    reqs = [(_prompt(90 + i, 3 + 2 * i), DecodeParams(max_tokens=10 + i, block_size=[2, 4, 8][i % 3],
+    reqs = [(ck.random_prompt(90 + i, 3 + 2 * i), DecodeParams(max_tokens=10 + i, block_size=[2, 4, 8][i % 3],
                                                       tau_conf=[0.2, 0.5, 0.9][i % 3], tau_add=0.1 * (i % 3),
                                                       ignore_eos=True)) for i in range(6)]
     alone = [eng.generate([p], k)[0].token_ids for p, k in reqs]

@@ -5,7 +5,6 @@ The output stays the AR model's greedy output for every width and block size, al
 an accepted side branch's K/V, copied to the main branch's slots, are bit for bit the ones AR decoding
 writes there; sampling ignores the width.
 """
-import random
 
 import pytest
 import torch
@@ -30,10 +29,6 @@ def dirs(tmp_path_factory):
 def eng(dirs):
     return make_engine(dirs["arp"])
 
-
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, ck.VOCAB - 1) for _ in range(n)]
 
 
 def _exact(block: int, width: int, **kw) -> DecodeParams:
@@ -81,7 +76,7 @@ def _snapshot_kv(eng, monkeypatch) -> dict:
 def test_greedy_is_ar_greedy_at_every_width(dirs, eng, block, width):
     base = make_engine(dirs["base"])
     for seed in range(3):
-        prompt = _prompt(seed + 7 * block + width, 3 + 5 * seed)
+        prompt = ck.random_prompt(seed + 7 * block + width, 3 + 5 * seed)
         ar = base.generate([prompt], _ar(23))[0]
         out = eng.generate([prompt], _exact(block, width, max_tokens=23))[0]
         assert out.token_ids == ar.token_ids
@@ -91,7 +86,7 @@ def test_greedy_is_ar_greedy_at_every_width(dirs, eng, block, width):
 def test_a_side_branch_commits_and_its_kv_is_ar_bits(eng, monkeypatch):
     """First drafts wrong but the AR token a runner-up: the side branches carry the answer (as many
     forwards as a right drafter needs), and the cache they leave is exactly AR decoding's."""
-    prompts = [_prompt(90 + i, 4 + 3 * i) for i in range(3)]
+    prompts = [ck.random_prompt(90 + i, 4 + 3 * i) for i in range(3)]
     answers = {tuple(p): eng.generate([p], _ar(30))[0].token_ids for p in prompts}
     kv = _snapshot_kv(eng, monkeypatch)
     for i, p in enumerate(prompts):
@@ -119,7 +114,7 @@ def test_batched_and_preempted_equal_alone(dirs, eng):
     for i in range(8):
         params = _exact([2, 3, 4][i % 3], [1, 2, 3, 4][i % 4], max_tokens=12 + 2 * i,
                         temperature=[0.0, 0.0, 0.8][i % 3], seed=i)
-        reqs.append((f"t{i}", _prompt(30 + i, 3 + i), params))
+        reqs.append((f"t{i}", ck.random_prompt(30 + i, 3 + i), params))
     alone = {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
     done = run_staggered(eng, reqs, join_every=2)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
@@ -131,7 +126,7 @@ def test_batched_and_preempted_equal_alone(dirs, eng):
 
 
 def test_sampling_ignores_the_width(eng):
-    prompt = _prompt(5, 6)
+    prompt = ck.random_prompt(5, 6)
     outs = [eng.generate([prompt], _exact(3, w, max_tokens=20, temperature=0.9, seed=3))[0] for w in (1, 4)]
     assert outs[0].token_ids == outs[1].token_ids and outs[0].num_forwards == outs[1].num_forwards
 

@@ -4,7 +4,6 @@ The backbone: greedy output is the AR model's greedy output for any drafter and 
 and preempted; sampled output follows the AR distribution; a forward never commits past max_tokens or a stop
 token; rejected positions never reach the cache and their pages go back at once.
 """
-import random
 
 import pytest
 import torch
@@ -29,10 +28,6 @@ def dirs(tmp_path_factory):
 def eng(dirs):
     return make_engine(dirs["arp"])
 
-
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, ck.VOCAB - 1) for _ in range(n)]
 
 
 def _exact(block: int | None = None, **kw) -> DecodeParams:
@@ -65,7 +60,7 @@ def _record_windows(eng, monkeypatch) -> list:
 def test_greedy_is_ar_greedy(dirs, eng, block):
     base = make_engine(dirs["base"])  # the AR model itself: the checkpoint without mask token or adapter
     for seed in range(3):
-        prompt = _prompt(seed + 10 * block, 3 + 4 * seed)
+        prompt = ck.random_prompt(seed + 10 * block, 3 + 4 * seed)
         ar = base.generate([prompt], _ar(21))[0]
         assert eng.generate([prompt], _ar(21))[0].token_ids == ar.token_ids  # block size 1 is AR here too
         out = eng.generate([prompt], _exact(block, max_tokens=21))[0]
@@ -78,7 +73,7 @@ def test_greedy_is_ar_greedy(dirs, eng, block):
 def test_a_drafter_that_is_right_commits_whole_windows(eng, monkeypatch):
     """Drafts equal to the AR answer (but at chosen indices): accepted prefixes, the bonus token, and the KV
     of accepted drafts reused; the answer stays AR's and takes far fewer forwards."""
-    prompts = [_prompt(70 + i, 5 + i) for i in range(3)]
+    prompts = [ck.random_prompt(70 + i, 5 + i) for i in range(3)]
     answers = {tuple(p): eng.generate([p], _ar(40))[0].token_ids for p in prompts}
     for block, wrong in ((4, lambda i: False), (4, lambda i: i % 7 == 3), (8, lambda i: i % 11 in (3, 9))):
         monkeypatch.setattr(eng.verified, "propose", _oracle(answers, wrong))
@@ -93,7 +88,7 @@ def test_a_drafter_that_is_right_commits_whole_windows(eng, monkeypatch):
 
 
 def test_never_past_max_tokens_or_a_stop_token(eng, monkeypatch):
-    prompt = _prompt(5, 6)
+    prompt = ck.random_prompt(5, 6)
     ref = eng.generate([prompt], _ar(30))[0].token_ids
     monkeypatch.setattr(eng.verified, "propose", _oracle({tuple(prompt): ref}))  # always right: whole windows
     works = _record_windows(eng, monkeypatch)
@@ -114,7 +109,7 @@ def test_rejection_frees_kv(dirs, monkeypatch):
     """Every draft wrong: each forward commits one token, the cache ends before the first rejected position,
     and the pages past the next window go back to the pool at once."""
     eng = make_engine(dirs["arp"], page_size=2)
-    prompt = _prompt(9, 5)
+    prompt = ck.random_prompt(9, 5)
     ref = eng.generate([prompt], _ar(24))[0].token_ids
     monkeypatch.setattr(eng.verified, "propose", _oracle({tuple(prompt): ref}, wrong=lambda i: True))
     works = _record_windows(eng, monkeypatch)
@@ -138,7 +133,7 @@ def test_rejection_frees_kv(dirs, monkeypatch):
 def test_batched_equals_alone_with_other_modes(eng):
     reqs = []
     for i in range(8):
-        prompt = _prompt(40 + i, 3 + 2 * i)
+        prompt = ck.random_prompt(40 + i, 3 + 2 * i)
         if i % 4 == 3:
             params = DecodeParams(max_tokens=10 + i, block_size=4, tau_conf=0.3, ignore_eos=True)  # not exact
         else:
@@ -151,7 +146,7 @@ def test_batched_equals_alone_with_other_modes(eng):
 
 
 def test_alone_equals_preempted(dirs, eng):
-    reqs = [(f"p{i}", _prompt(60 + i, 4 + i), _exact([3, 5, 8][i % 3], max_tokens=30, temperature=[0, 0.7][i % 2],
+    reqs = [(f"p{i}", ck.random_prompt(60 + i, 4 + i), _exact([3, 5, 8][i % 3], max_tokens=30, temperature=[0, 0.7][i % 2],
                                                           seed=i)) for i in range(6)]
     alone = {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
     small = make_engine(dirs["arp"], kv_cache_memory=40 * 512, page_size=4)  # 40 slots: preemption is certain
@@ -225,7 +220,7 @@ def test_refusals_and_pure_ar(engines, dirs):
     with pytest.raises(RequestError, match="exact must be"):
         DecodeParams(exact=1).verify()
     ar = make_engine(dirs["base"])  # a pure AR model: exact mode is its plain decoding
-    prompt = _prompt(3, 7)
+    prompt = ck.random_prompt(3, 7)
     assert ar.generate([prompt], _exact(max_tokens=12))[0].token_ids == ar.generate([prompt], _ar(12))[0].token_ids
     # Exact mode's windows end at max_tokens: no rounding up to whole blocks.
     eng = make_engine(dirs["arp"], max_model_len=20)

@@ -1,6 +1,5 @@
 """Log-probabilities equal a direct computation: transformers on the same weights for AR models (answer and
 prompt, chunked prefill included), our own recompute-from-scratch decoder for D2F commits."""
-import random
 
 import pytest
 import torch
@@ -13,10 +12,6 @@ from tests.support.reference_d2f import reference_decode
 
 ATOL = 1e-4  # fp32: cached, packed forwards against one dense forward
 
-
-def _prompt(seed: int, n: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, ck.VOCAB - 1) for _ in range(n)]
 
 
 def _hf_logprobs(hf, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
@@ -45,7 +40,7 @@ def test_ar_logprobs_equal_transformers(ckpt_dirs, family, monkeypatch):
     monkeypatch.setattr(scheduler, "SCORE_CHUNK", 4)
     hf = ck.hf_llama(seed=3, tie=True) if family == "llama" else ck.hf_qwen2(seed=4)
     eng = make_engine(ckpt_dirs[family], max_num_batched_tokens=16)
-    prompts = [_prompt(40 + i, 5 + 4 * i) for i in range(3)]
+    prompts = [ck.random_prompt(40 + i, 5 + 4 * i) for i in range(3)]
     plain = eng.generate(prompts, DecodeParams(max_tokens=8, ignore_eos=True))
     outs = eng.generate(prompts, [DecodeParams(max_tokens=8, ignore_eos=True, logprobs=3, prompt_logprobs=2),
                                   DecodeParams(max_tokens=8, ignore_eos=True),
@@ -62,7 +57,7 @@ def test_ar_logprobs_equal_transformers(ckpt_dirs, family, monkeypatch):
 def test_sampled_logprobs_are_after_temperature(ckpt_dirs):
     hf = ck.hf_llama(seed=3, tie=True)
     eng = make_engine(ckpt_dirs["llama"])
-    prompt = _prompt(50, 6)
+    prompt = ck.random_prompt(50, 6)
     out = eng.generate([prompt], DecodeParams(max_tokens=6, ignore_eos=True, temperature=0.7, top_k=5, seed=1,
                                               logprobs=1, prompt_logprobs=1))[0]
     ref = _hf_logprobs(hf, prompt + out.token_ids, temperature=0.7)  # before top-k: the full distribution
@@ -73,7 +68,7 @@ def test_sampled_logprobs_are_after_temperature(ckpt_dirs):
 def test_max_tokens_zero_scores_the_prompt_alone(ckpt_dirs):
     hf = ck.hf_llama(seed=3, tie=True)
     eng = make_engine(ckpt_dirs["llama"])
-    prompt = _prompt(60, 9)
+    prompt = ck.random_prompt(60, 9)
     out = eng.generate([prompt], DecodeParams(max_tokens=0, prompt_logprobs=0))[0]
     assert out.token_ids == [] and out.finish_reason == "length" and out.num_forwards == 1
     _close(out.prompt_logprobs, _hf_logprobs(hf, prompt)[:-1], prompt[1:], 0)
@@ -84,7 +79,7 @@ def test_max_tokens_zero_scores_the_prompt_alone(ckpt_dirs):
 
 def test_stop_token_logprob_comes_last(ckpt_dirs):
     eng = make_engine(ckpt_dirs["llama"])
-    prompt = _prompt(7, 6)
+    prompt = ck.random_prompt(7, 6)
     free = eng.generate([prompt], DecodeParams(max_tokens=12, ignore_eos=True, logprobs=0))[0]
     stop = free.token_ids[5]
     out = eng.generate([prompt], DecodeParams(max_tokens=12, stop_token_ids=[stop], logprobs=0))[0]
@@ -97,7 +92,7 @@ def test_stop_token_logprob_comes_last(ckpt_dirs):
 def test_d2f_logprobs_are_the_committing_forwards(engines, family, block, tau_conf):
     """A D2F commit's log-probability is the one the token had in the forward that committed it."""
     eng = engines[family]
-    prompt = _prompt(70, 6)
+    prompt = ck.random_prompt(70, 6)
     params = dict(block_size=block, tau_add=0.1, tau_act=0.5, tau_conf=tau_conf)
     out = eng.generate([prompt], DecodeParams(max_tokens=3 * block + 1, ignore_eos=True, logprobs=2, **params))[0]
     record: dict = {}
@@ -122,7 +117,7 @@ def test_ar_preserving_leftmost_commits_are_the_ar_models(ar_preserving):
     """With nothing confident every commit is the leftmost mask's, read from a clean row: the AR model's own
     log-probabilities, as transformers computes them; the prompt scores the same way."""
     hf, eng = ar_preserving
-    prompt = _prompt(80, 7)
+    prompt = ck.random_prompt(80, 7)
     out = eng.generate([prompt], DecodeParams(max_tokens=10, block_size=4, tau_conf=1.0, ignore_eos=True,
                                               logprobs=2, prompt_logprobs=2))[0]
     ref = _hf_logprobs(hf, prompt + out.token_ids)
@@ -132,7 +127,7 @@ def test_ar_preserving_leftmost_commits_are_the_ar_models(ar_preserving):
 
 def test_ar_preserving_parallel_commits_match_recompute(ar_preserving):
     _, eng = ar_preserving
-    prompt = _prompt(81, 5)
+    prompt = ck.random_prompt(81, 5)
     out = eng.generate([prompt], DecodeParams(max_tokens=12, block_size=4, tau_add=0.1, tau_act=0.5, tau_conf=0.2,
                                               ignore_eos=True, logprobs=0))[0]
     record: dict = {}

@@ -6,6 +6,7 @@ into transformers as the independent reference implementation.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -155,3 +156,9 @@ def write_ar_preserving_pair(root: Path, adapter_seed: int = 2, scale: float = 0
     arp = write_llama(root / "arp", hf, mask_id=MASK_ID, d2f={"ar_preserving": True, "block_size": 4})
     write_mask_adapter(arp, seed=adapter_seed, scale=scale)
     return hf, base, arp
+
+
+def random_prompt(seed: int, n: int) -> list[int]:
+    """n token ids drawn with a seed, avoiding the ids the test checkpoints reserve at both ends."""
+    rng = random.Random(seed)
+    return [rng.randrange(3, VOCAB - 1) for _ in range(n)]
