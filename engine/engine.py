@@ -103,8 +103,12 @@ class Engine:
             raise RequestError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({knobs.max_tokens}{rounded}) "
                                f"needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
+        what = "prompt plus max_tokens"
+        if knobs.exact:  # a draft tree's side branches and fallback drafts take slots past the answer
+            need += self.verified.overhang(knobs)
+            what += " plus exact mode's extra draft rows"
         if need > capacity:
-            raise RequestError(f"prompt plus max_tokens needs {need} KV slots but the KV pool holds {capacity}")
+            raise RequestError(f"{what} needs {need} KV slots but the KV pool holds {capacity}")
         return knobs
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: DecodeParams) -> None:

@@ -103,10 +103,11 @@ class Sequence:
     draft_probs: torch.Tensor | None = None
     draft_stats: DraftStats | None = None
     # Greedy exact mode with draft_width > 1: the runner-up tokens for drafts[0], each verified in a side
-    # branch of the next forward; `tree` is that forward's layout (set before it, cleared after), and
-    # kv_moves the cache copies an accepted side branch needs (done by the engine right after the step).
+    # branch of the next forward; `tree` is that forward's layout (first index, drafts, branches, masks a
+    # branch, fallback masks; set before it, cleared after), and kv_moves the cache copies an accepted
+    # side branch needs (done by the engine right after the step).
     draft_alts: list[int] = field(default_factory=list)
-    tree: tuple[int, int, int, int] | None = None
+    tree: tuple[int, int, int, int, int] | None = None
     kv_moves: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self):

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..sequence import Sequence
+from ..sequence import Knobs, Sequence
 from .ar_preserving import ARPreserving
 
 if TYPE_CHECKING:
@@ -49,30 +49,45 @@ if TYPE_CHECKING:
 
 class Verified(ARPreserving):
     # ---- planning -----------------------------------------------------------------------------
-    def shape(self, seq: Sequence) -> tuple[int, int, int]:
-        """(drafts k, branches, masks per branch) of the next forward: block_size - 1 masks, fewer when
-        max_tokens is near (a forward commits at most k + 1 tokens; drafts past the end are useless)."""
+    fallback = True  # a forward with drafts also drafts for the case that it rejects them all
+
+    def shape(self, seq: Sequence) -> tuple[int, int, int, int]:
+        """(drafts k, branches, masks per branch, fallback masks) of the next forward.
+
+        block_size - 1 masks, fewer when max_tokens is near (a forward commits at most k + 1 tokens; drafts
+        past the end are useless). The fallback group's masks sit at c, c+1, ...: drafts for the positions
+        after the AR token at c, made without it, for when every candidate at c is rejected (the next
+        forward then still has drafts to check; a forward without drafts needs none: its masks are that).
+        The main branch ends by prompt + max_tokens; side branches and the fallback group take at most
+        `overhang` sequence indices (KV slots) past it."""
         k = len(seq.drafts)
         room = seq.prompt_len + seq.knobs.max_tokens - seq.end  # answer tokens still allowed
         masks = min(seq.knobs.block_size - 1, max(0, room - k - 1))
-        branches = 1 + len(seq.draft_alts) if k else 1
-        return k, branches, masks
+        fallback = min(seq.knobs.block_size - 1, max(0, room - 1)) if self.fallback and k else 0
+        return k, 1 + len(seq.draft_alts) if k else 1, masks, fallback
+
+    def overhang(self, knobs: Knobs) -> int:
+        """KV slots a window may take past prompt + max_tokens: the fallback group and the side branches,
+        each at most a main branch (drafts + masks)."""
+        return (knobs.block_size - 1) * (int(self.fallback) + 2 * (knobs.draft_width - 1))
 
     def growth(self, seq: Sequence) -> int:
         """Positions appended before the forward; at least one, so a forward is always planned as one that
         appends (a lone placeholder is left out of the window: the AR token is read from the row before)."""
-        k, branches, masks = self.shape(seq)
-        return max(1, branches * (k + masks))
+        k, branches, masks, fallback = self.shape(seq)
+        return max(1, branches * (k + masks) + fallback)
 
     def window(self, seq: Sequence, end: int, add: bool, shift_logits: bool) -> tuple[int, int, list[int]]:
         c = seq.end
-        k, branches, masks = self.shape(seq)
+        k, branches, masks, fallback = self.shape(seq)
         # Rows read (each predicts index + 1): the last committed token's (the AR token at c), then per
         # branch its clean rows (AR tokens) and its mask rows (the next drafts).
         predict = [c]
         for i in range(branches):
             predict += [self._clean(c, branches, i, j) + 1 for j in range(k)]
             predict += [self._mask(c, k, branches, masks, i, r) + 1 for r in range(masks)]
+        first = c + branches * (k + masks)  # the fallback group comes last
+        predict += [first + r + 1 for r in range(fallback)]
         if not k + masks:
             end -= 1  # the placeholder
         return end, c, predict
@@ -91,14 +106,15 @@ class Verified(ARPreserving):
         if not work.add_block:  # a prompt chunk
             return
         seq = work.seq
-        k, branches, masks = self.shape(seq)
+        k, branches, masks, fallback = self.shape(seq)  # before the sequence grows: it reads its end
         firsts = (seq.drafts[:1] + seq.draft_alts)[:branches]
         for j in range(k):
             seq.tokens.extend(firsts if j == 0 else [seq.drafts[j]] * branches)
         placeholder = 0 if k + masks else 1
-        seq.tokens.extend([seq.mask_id] * (masks * branches + placeholder))
-        seq.is_masked.extend([False] * (k * branches) + [True] * (masks * branches + placeholder))
-        seq.tree = (seq.end - branches * (k + masks) - placeholder, k, branches, masks)
+        tail = masks * branches + fallback + placeholder
+        seq.tokens.extend([seq.mask_id] * tail)
+        seq.is_masked.extend([False] * (k * branches) + [True] * tail)
+        seq.tree = (seq.end - k * branches - tail, k, branches, masks, fallback)
 
     def step(self, work: Work, logits: torch.Tensor) -> int:
         seq = work.seq
@@ -109,7 +125,7 @@ class Verified(ARPreserving):
             return 0
         if not bool(torch.isfinite(logits.sum())):  # one sum: see Algorithm.step
             raise FloatingPointError("non-finite logits")
-        _, k, branches, masks = tree
+        _, k, branches, masks, _ = tree
         per = k + masks  # rows read per branch
         branch = 0
         if branches > 1:  # greedy: the branch whose candidate the AR token at c agrees with, if any
@@ -117,6 +133,7 @@ class Verified(ARPreserving):
             firsts = seq.drafts[:1] + seq.draft_alts
             branch = firsts.index(int(first)) if int(first) in firsts[:branches] else 0
         rows = logits[1 + branch * per:1 + (branch + 1) * per]
+        fallback_rows = logits[1 + branches * per:]
         drafts = ([seq.drafts[0] if branch == 0 else seq.draft_alts[branch - 1]] + seq.drafts[1:]) if k else []
         seq.drafts = drafts
         ar_rows = torch.cat([logits[:1], rows[:k]])
@@ -137,6 +154,8 @@ class Verified(ARPreserving):
         self.record_logprobs(seq, list(range(c, c + len(new))), ar_rows[:len(new)])
         if accepted == k and not seq.eos_seen:
             seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, rows[k:])
+        elif accepted == 0 and fallback_rows.shape[0] and not seq.eos_seen:  # drafted without the token at c
+            seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, fallback_rows)
         else:  # the mask rows drafted after a rejected token (or past the end): useless
             seq.drafts, seq.draft_probs, seq.draft_alts = [], None, []
         if seq.record is not None:
@@ -211,7 +230,7 @@ class Verified(ARPreserving):
         an AR step (a draft tree's rows of one depth stacked, each over its own keys: the single-query
         kernel gives a stacked row its lone bits). The mask rows then attend in one call of their own:
         each sees the committed tokens and its own branch."""
-        c, k, branches, masks = seq.tree if seq.tree is not None else (end, 0, 1, 0)
+        c, k, branches, masks, _ = seq.tree if seq.tree is not None else (end, 0, 1, 0, 0)
         out, i = [], start
         prompt_end = min(seq.prompt_len, c)
         if i < prompt_end:
@@ -226,11 +245,13 @@ class Verified(ARPreserving):
             else:
                 own = torch.tensor([[self._clean(c, branches, b, d) for d in range(j + 1)] for b in range(branches)])
                 out.append((branches, torch.cat([prefix.expand(branches, c), own], dim=1), None))
-        if masks:
-            first = self._mask(c, k, branches, masks, 0, 0)
+        first = self._mask(c, k, branches, masks, 0, 0)
+        if first < end:
             key_branch = torch.full((end,), -1)
             key_branch[c:first] = (torch.arange(c, first) - c) % branches
-            key_branch[first:] = (torch.arange(first, end) - first) // masks
+            last = first + branches * masks  # then the fallback group: a branch of its own, of masks only
+            key_branch[first:last] = (torch.arange(first, last) - first) // max(masks, 1)
+            key_branch[last:] = branches
             row_branch = key_branch[first:]
             mask = (key_branch[None, :] < 0) | (key_branch[None, :] == row_branch[:, None])
             out.append((end - first, end, mask))
@@ -239,12 +260,14 @@ class Verified(ARPreserving):
     def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         """A side branch's rows take the main branch's positions."""
         idx = torch.arange(start, end)
-        if seq.tree is None or seq.tree[2] == 1:
+        if seq.tree is None:
             return idx
-        c, k, branches, masks = seq.tree
+        c, k, branches, masks, _ = seq.tree
         rel = idx - c
+        last = k * branches + masks * branches
         tree_pos = torch.where(rel < k * branches, c + torch.div(rel, branches, rounding_mode="floor"),
                                c + k + (rel - k * branches) % max(masks, 1))
+        tree_pos = torch.where(rel >= last, c + rel - last, tree_pos)  # the fallback group sits at c, c+1, ...
         return torch.where(rel < 0, idx, tree_pos)
 
     # ---- outputs ------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_batched_and_preempted_equal_alone(dirs, eng):
     alone = {rid: eng.generate([p], params)[0].token_ids for rid, p, params in reqs}
     done = run_staggered(eng, reqs, join_every=2)
     assert {rid: o.token_ids for rid, o in done.items()} == alone
-    small = make_engine(dirs["arp"], kv_cache_memory=48 * 512, page_size=4)
+    small = make_engine(dirs["arp"], kv_cache_memory=64 * 512, page_size=4)  # 64 slots: preemption is certain
     done = run_staggered(small, reqs, join_every=1)
     assert small.scheduler.num_preemptions > 0
     assert {rid: o.token_ids for rid, o in done.items()} == alone
@@ -148,3 +148,31 @@ def test_width_is_checked_and_read_from_the_checkpoint(eng):
         assert eng.resolve_knobs(DecodeParams(exact=True, draft_width=1)).draft_width == 1
     finally:
         eng.spec.draft_width = 1
+
+
+def test_fallback_drafts_keep_a_forward_after_a_rejection_checking(eng, monkeypatch):
+    """With the fallback group, the forward after a rejection checks drafts made without the rejected
+    position's token, where without it that forward has none: same answer, fewer forwards."""
+    prompt = ck.random_prompt(77, 6)
+    ref = eng.generate([prompt], _ar(40))[0].token_ids
+
+    def propose(seq, rows):  # right, except a first draft at an even index
+        n = seq.end - seq.prompt_len
+        return [(ref[i] + 1) % ck.VOCAB if i % 2 == 0 and j == 0 else ref[i]
+                for j, i in enumerate(range(n, n + rows.shape[0]))], None, []
+    monkeypatch.setattr(eng.verified, "propose", propose)
+    forwards = {}
+    for fallback in (False, True):
+        monkeypatch.setattr(eng.verified, "fallback", fallback)
+        out = eng.generate([prompt], _exact(3, 1, max_tokens=40))[0]
+        assert out.token_ids == ref
+        forwards[fallback] = out.num_forwards
+    assert forwards[True] < forwards[False]
+
+
+def test_a_pool_without_room_for_the_extra_rows_refuses_not_hangs(dirs):
+    small = make_engine(dirs["arp"], kv_cache_memory=40 * 512, page_size=4)  # 40 slots
+    small.validate([5] * 8, _exact(4, 1, max_tokens=29))  # 37 + 3 fallback masks
+    with pytest.raises(RequestError, match="extra draft rows needs 52 KV slots"):
+        small.validate([5] * 8, _exact(4, 3, max_tokens=29))  # 37 + 3 + 2 side branches of 6
+    small.validate([5] * 8, DecodeParams(max_tokens=32, block_size=1))
