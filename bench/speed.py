@@ -18,8 +18,9 @@ from d2f.engine.timing import device_sync, fastest_generate, median_ms, rss_mb
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
-# Exact mode's points: block sizes 2 and 3, and block 2 with a draft tree of 2 and 4 candidates.
-EXACT_POINTS = ("exact/2", "exact/3", "exact/2/2", "exact/2/4")
+# Exact mode's points, name -> (block size, draft width): block sizes 2 and 3, and block 2 with a draft
+# tree of 2 and 4 candidates.
+EXACT_POINTS = {"exact/2": (2, 1), "exact/3": (3, 1), "exact/2/2": (2, 2), "exact/2/4": (2, 4)}
 
 
 @dataclass
@@ -147,10 +148,8 @@ def run(cfg: SpeedConfig) -> dict:
             p = DecodeParams(max_tokens=cfg.max_tokens, tau_conf=conf, tau_act=act)
             result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
         if engine.spec.ar_preserving:  # exact mode: AR's own answer, drafted and verified
-            for name in EXACT_POINTS:  # exact/B or exact/B/draft_width
-                block, *width = map(int, name.split("/")[1:])
-                p = DecodeParams(max_tokens=cfg.max_tokens, exact=True, block_size=block,
-                                 draft_width=width[0] if width else 1)
+            for name, (block, width) in EXACT_POINTS.items():
+                p = DecodeParams(max_tokens=cfg.max_tokens, exact=True, block_size=block, draft_width=width)
                 result["d2f_tok_s"][name] = decode_tok_s(engine, prompt, p)
     else:
         result["d2f_tok_s"] = None

@@ -72,11 +72,11 @@ class Runner:
             gathered = slots.to(dev) if first is None else None
             # Each sequence's algorithm owns its attention rule (which rows attend in one call, over which keys)
             # and where the mask adapter acts.
-            for rows, k_len, m in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
-                if not isinstance(k_len, int):  # explicit key positions of the sequence: [Lk] or [rows, Lk]
-                    keys = slots[k_len].to(dev)
-                else:
-                    keys = slice(first, first + k_len) if first is not None else gathered[:k_len]
+            for rows, key_set, m in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
+                if isinstance(key_set, int):  # keys [0, key_set)
+                    keys = slice(first, first + key_set) if first is not None else gathered[:key_set]
+                else:  # explicit key positions of the sequence: [Lk] or [rows, Lk]
+                    keys = slots[key_set].to(dev)
                 windows.append(SeqWindow(rows, keys, None if m is None or bool(m.all()) else m[None, None].to(dev)))
             adapter_rows.extend(offset + j for j in w.seq.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n

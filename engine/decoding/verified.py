@@ -247,28 +247,35 @@ class Verified(ARPreserving):
                 out.append((branches, torch.cat([prefix.expand(branches, c), own], dim=1), None))
         first = self._mask(c, k, branches, masks, 0, 0)
         if first < end:
-            key_branch = torch.full((end,), -1)
-            key_branch[c:first] = (torch.arange(c, first) - c) % branches
-            last = first + branches * masks  # then the fallback group: a branch of its own, of masks only
-            key_branch[first:last] = (torch.arange(first, last) - first) // max(masks, 1)
-            key_branch[last:] = branches
+            _, branch = self._tree_rows(seq.tree, end)
+            key_branch = torch.cat([torch.full((c,), -1), branch])  # -1: the committed prefix
             row_branch = key_branch[first:]
             mask = (key_branch[None, :] < 0) | (key_branch[None, :] == row_branch[:, None])
             out.append((end - first, end, mask))
         return out
 
     def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
-        """A side branch's rows take the main branch's positions."""
-        idx = torch.arange(start, end)
+        """A side branch's rows, and the fallback group's, take the main branch's positions."""
         if seq.tree is None:
-            return idx
-        c, k, branches, masks, _ = seq.tree
-        rel = idx - c
-        last = k * branches + masks * branches
-        tree_pos = torch.where(rel < k * branches, c + torch.div(rel, branches, rounding_mode="floor"),
-                               c + k + (rel - k * branches) % max(masks, 1))
-        tree_pos = torch.where(rel >= last, c + rel - last, tree_pos)  # the fallback group sits at c, c+1, ...
-        return torch.where(rel < 0, idx, tree_pos)
+            return torch.arange(start, end)
+        c = seq.tree[0]
+        pos, _ = self._tree_rows(seq.tree, end)
+        return torch.cat([torch.arange(start, c), pos[max(start - c, 0):]])
+
+    @staticmethod
+    def _tree_rows(tree: tuple[int, int, int, int, int], end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position and branch of each sequence index in [c, end), the layout _clean and _mask name: clean
+        rows by depth, then masks by branch, then the fallback group (branch number `branches`)."""
+        c, k, branches, masks, _ = tree
+        rel = torch.arange(end - c)
+        clean_rows, branch_rows = k * branches, k * branches + masks * branches
+        m = rel - clean_rows
+        per = max(masks, 1)
+        pos = torch.where(rel < clean_rows, c + torch.div(rel, branches, rounding_mode="floor"),
+                          torch.where(rel < branch_rows, c + k + m % per, c + rel - branch_rows))
+        branch = torch.where(rel < clean_rows, rel % branches,
+                             torch.where(rel < branch_rows, torch.div(m, per, rounding_mode="floor"), branches))
+        return pos, branch
 
     # ---- outputs ------------------------------------------------------------------------------
     def emit_boundary(self, seq: Sequence) -> int:
