@@ -2,10 +2,12 @@
 
     python -m d2f.bench.attention [--repeat 200] [--threads N]
 
-attention: microseconds per call (median) of torch's SDPA as the decoder calls it vs the engine's window
-attention, per dtype, cache length, query window and batch. gather: the decoder's index_select of each
-sequence's keys out of the paged cache vs a gather of whole pages and, where a sequence's pages are
-consecutive (a lone sequence on a pool that handed out its pages in order), a plain slice.
+attention: microseconds per call (median) of torch's SDPA as the decoder calls it vs the engine's decode
+call (attention.decode_attention: up to ROWS single-query rows in one fixed-shape call), per dtype, cache
+length, rows and batch (a batch is one call per sequence, as the decoder makes them). gather: the
+decoder's index_select of each sequence's keys out of the paged cache vs a gather of whole pages and,
+where a sequence's pages are consecutive (a lone sequence on a pool that handed out its pages in order),
+a plain slice.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from d2f.engine.models.attention import matmul_attention
+from d2f.engine.models.attention import ROWS, bucket, decode_attention
 from d2f.engine.timing import median_ms
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 9, 3, 64, 16
@@ -35,19 +37,26 @@ def attention_rows(repeat: int) -> list[dict]:
     rows = []
     for name, dtype in DTYPES.items():
         for cache in (300, 1000):
-            for lq in (1, 4, 8, 16, 32, 64):
+            for lq in sorted({1, 2, 4, ROWS}):
                 for b in (1, 8):
                     lk = cache + lq
                     q = torch.randn(b, lq, HEADS, HEAD_DIM).to(dtype)
-                    kv = torch.randn(b, lk, 2 * KV_HEADS, HEAD_DIM).to(dtype)
-                    k, v = kv[:, :, :KV_HEADS], kv[:, :, KV_HEADS:]
-                    # Block-causal window: every query sees the cache and its whole window.
+                    kv = torch.randn(b, bucket(lk), 2 * KV_HEADS, HEAD_DIM).to(dtype)
+                    k, v = kv[:, :lk, :KV_HEADS], kv[:, :lk, KV_HEADS:]
+                    # Every query sees the cache and its whole window.
                     mask = torch.ones(b, 1, lq, lk, dtype=torch.bool)
                     mask[..., -1] = False  # keep a mask: the engine passes one whenever any key is hidden
-                    reps = max(20, repeat // (b * max(1, lq // 8)))
+                    bias = torch.zeros(ROWS, bucket(lk))
+                    bias[:, lk - 1:] = float("-inf")
+                    place = torch.arange(lq)
+
+                    def decode():
+                        for i in range(b):
+                            decode_attention(q[i], kv[i], lk, place, bias)
+                    reps = max(20, repeat // b)
                     rows.append({"dtype": name, "cache": cache, "q_len": lq, "batch": b,
                                  "sdpa_us": median_us(lambda: sdpa(q, k, v, mask), reps),
-                                 "matmul_us": median_us(lambda: matmul_attention(q, k, v, mask), reps)})
+                                 "decode_us": median_us(decode, reps)})
     return rows
 
 

@@ -20,7 +20,7 @@ PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday
 
 # Exact mode's points, name -> (block size, draft width): block sizes 2 and 3, and block 2 with a draft
 # tree of 2 and 4 candidates.
-EXACT_POINTS = {"exact/2": (2, 1), "exact/3": (3, 1), "exact/2/2": (2, 2), "exact/2/4": (2, 4)}
+EXACT_POINTS = {"exact/2": (2, 1), "exact/3": (3, 1), "exact/2/2": (2, 2), "exact/2/3": (2, 3), "exact/2/4": (2, 4)}
 
 
 @dataclass

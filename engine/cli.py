@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a D2F speed preset or number (--tau-* override it); exact: the AR model's own tokens, "
                         "drafted by the mask rows and verified (AR-preserving models)")
     p.add_argument("--block-size", type=int)
-    p.add_argument("--draft-width", type=int, help="exact mode, greedy: candidates verified for each first draft "
-                                                    "(a draft tree; default: the model's)")
+    p.add_argument("--draft-width", type=int, help="exact mode, greedy: the drafter's top tokens for each first "
+                                                    "draft run in the forward (default: the model's)")
     p.add_argument("--tau-add", type=float)
     p.add_argument("--tau-act", type=float)
     p.add_argument("--tau-conf", type=float)

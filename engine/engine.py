@@ -104,7 +104,7 @@ class Engine:
                                f"needs {need} positions; the model's context is {self.max_model_len}")
         capacity = self.pool.num_pages * self.pool.page_size
         what = "prompt plus max_tokens"
-        if knobs.exact:  # a draft tree's side branches and fallback drafts take slots past the answer
+        if knobs.exact:  # fallback masks and runner-up candidates take slots past the answer
             need += self.verified.overhang(knobs)
             what += " plus exact mode's extra draft rows"
         if need > capacity:
@@ -192,9 +192,6 @@ class Engine:
             seq.prompt_logprobs.extend(token_logprobs(rows[n:], [seq.tokens[p + 1] for p in work.score],
                                                       seq.knobs.temperature, k))
         committed = seq.algorithm.step(work, rows[:n]) if seq.steps is None else self._recorded_step(work, rows[:n])
-        if seq.kv_moves:  # before the pages they live in may go back
-            self.runner.move_kv(seq, seq.kv_moves)
-            seq.kv_moves = []
         # A sequence keeps pages for its next window only: a rejected draft tail (exact mode) gives its
         # pages back at once; block decoding never shrinks, so there this frees nothing.
         self.pool.shrink(seq.pages, seq.end + seq.algorithm.growth(seq))

@@ -11,7 +11,7 @@ from .logprobs import MAX_LOGPROBS
 SPEED_PRESETS = {"quality": 0.0, "balanced": 0.5, "fast": 1.0}
 # Not a point on that curve: drafts checked against the AR model (AR-preserving models only).
 EXACT = "exact"
-MAX_DRAFT_WIDTH = 8  # a wider tree costs more rows than its last candidates are ever accepted
+MAX_DRAFT_WIDTH = 8  # each candidate is a row; the 8th is the AR token far too rarely to pay for it
 
 
 def speed_to_taus(speed: float) -> tuple[float, float]:
@@ -50,8 +50,9 @@ class DecodeParams:
     record_steps: bool = False
     # Exact mode: mask rows draft, the AR rows of the next forward verify (AR-preserving models).
     exact: bool = False
-    # Exact mode, greedy: candidates verified for each forward's first draft (a draft tree); None = the
-    # model's default. Sampling verifies one (the speculative rule is for one draft per position).
+    # Exact mode, greedy: the drafter's top tokens for each forward's first draft, the runner-ups run as
+    # candidate rows that draft what follows them; None = the model's default. Sampling ignores it (the
+    # speculative rule is for one draft per position).
     draft_width: int | None = None
 
     def verify(self) -> None:

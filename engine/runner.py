@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .decoding.calls import DecodeCall
 from .kv_cache import PagePool
+from .models.attention import ROWS, bucket
 from .models.decoder import AttnBatch, Decoder, KVCache, SeqWindow
 from .sequence import Sequence
 
@@ -64,7 +66,8 @@ class Runner:
             n = w.end - w.start
             slots = self._slot_tensor(w.seq, w.end)
             ids.append(torch.tensor(w.seq.tokens[w.start:w.end], dtype=torch.long))
-            pos.append(w.seq.algorithm.positions(w.seq, w.start, w.end))
+            positions = w.seq.algorithm.positions(w.seq, w.start, w.end)
+            pos.append(positions)
             write.append(slots[w.start:])
             ends = visible_end(w.seq, w.start, w.end, self.prompt_causal)
             pages = w.seq.pages
@@ -72,12 +75,24 @@ class Runner:
             gathered = slots.to(dev) if first is None else None
             # Each sequence's algorithm owns its attention rule (which rows attend in one call, over which keys)
             # and where the mask adapter acts.
-            for rows, key_set, m in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
+            row = 0
+            for call in w.seq.algorithm.attention_windows(w.seq, w.start, w.end, ends):
+                if not isinstance(call, DecodeCall) and call[0] == 1:  # one query: a decode call, as AR's
+                    _, key_set, m = call
+                    lk = key_set if isinstance(key_set, int) else key_set.shape[0]
+                    call = DecodeCall(1, key_set, torch.ones(1, lk, dtype=torch.bool) if m is None else m,
+                                      [int(positions[row]) % ROWS])
+                if isinstance(call, DecodeCall):
+                    windows.append(self._decode_window(call, slots, first))
+                    row += call.rows
+                    continue
+                rows, key_set, m = call
                 if isinstance(key_set, int):  # keys [0, key_set)
                     keys = slice(first, first + key_set) if first is not None else gathered[:key_set]
-                else:  # explicit key positions of the sequence: [Lk] or [rows, Lk]
+                else:  # explicit key positions of the sequence: [Lk]
                     keys = slots[key_set].to(dev)
                 windows.append(SeqWindow(rows, keys, None if m is None or bool(m.all()) else m[None, None].to(dev)))
+                row += rows
             adapter_rows.extend(offset + j for j in w.seq.algorithm.adapter_rows(w.seq, w.start, w.end))
             offset += n
         pad = self._align(offset) - offset
@@ -89,6 +104,23 @@ class Runner:
             adapter_rows=torch.tensor(adapter_rows, dtype=torch.long, device=dev) if adapter_rows else None)
         hidden = self.model(torch.cat(ids).to(dev), batch, self.kv)
         return self._logits(works, hidden)
+
+    def _decode_window(self, call: DecodeCall, slots: torch.Tensor, first: int | None) -> SeqWindow:
+        """A decode call's keys (a cache slice when the sequence's pages are consecutive and the bucket
+        fits in the cache, else its slots padded with the scratch slot), GEMM rows and additive bias."""
+        lk = call.keys if isinstance(call.keys, int) else call.keys.shape[0]
+        m = bucket(lk)
+        if isinstance(call.keys, int) and first is not None and first + m <= self.kv.kv.shape[1]:
+            keys = slice(first, first + m)
+        else:
+            idx = slots[:lk] if isinstance(call.keys, int) else slots[call.keys]
+            keys = torch.cat([idx, idx.new_full((m - lk,), self.kv.scratch_slot)]).to(self.device)
+        rows = torch.full((call.rows, m), float("-inf"))
+        rows[:, :lk].masked_fill_(call.visible, 0.0)
+        bias = torch.zeros(ROWS, m)
+        place = torch.tensor(call.place, dtype=torch.long)
+        bias[place] = rows
+        return SeqWindow(call.rows, keys, bias.to(self.device), place.to(self.device), lk)
 
     def _logits(self, works: list[Work], hidden: torch.Tensor) -> list[torch.Tensor]:
         """Logits only for predicted positions (shifted models read the row before each position) and
@@ -117,11 +149,3 @@ class Runner:
             out.append(logits[at:at + count])
             at += count
         return out
-
-    def move_kv(self, seq: Sequence, moves: list[tuple[int, int]]) -> None:
-        """Copy the K/V of sequence positions src to dst, every layer: exact mode's accepted side branch
-        takes the place of the rejected main one (its rows were computed exactly as there)."""
-        slots = self._slot_tensor(seq, max(max(m) for m in moves) + 1)
-        src = slots[[s for s, _ in moves]].to(self.device)
-        dst = slots[[d for _, d in moves]].to(self.device)
-        self.kv.kv.index_copy_(1, dst, self.kv.kv.index_select(1, src))

@@ -51,7 +51,7 @@ class Knobs:
     logprobs: int | None = None         # record answer tokens' log-probabilities, with k alternatives
     prompt_logprobs: int | None = None  # score the prompt (causal prompts only), with k alternatives
     exact: bool = False  # drafts verified by the AR rows (engine/decoding/verified.py)
-    draft_width: int = 1  # exact mode, greedy: candidates verified for the first draft (a draft tree)
+    draft_width: int = 1  # exact mode, greedy: the drafter's top tokens run for the first draft
 
 
 @dataclass(slots=True)
@@ -102,13 +102,11 @@ class Sequence:
     drafts: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
     draft_stats: DraftStats | None = None
-    # Greedy exact mode with draft_width > 1: the runner-up tokens for drafts[0], each verified in a side
-    # branch of the next forward; `tree` is that forward's layout (first index, drafts, branches, masks a
-    # branch, fallback masks; set before it, cleared after), and kv_moves the cache copies an accepted
-    # side branch needs (done by the engine right after the step).
+    # Greedy exact mode with draft_width > 1: the runner-up tokens for drafts[0], each a candidate row of
+    # the next forward; `tree` is that forward's layout (first index, drafts, candidates, masks, fallback
+    # masks; set before it, cleared after).
     draft_alts: list[int] = field(default_factory=list)
     tree: tuple[int, int, int, int, int] | None = None
-    kv_moves: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

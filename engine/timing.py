@@ -39,12 +39,6 @@ def fastest_generate(engine, prompts: list[list[int]], params, runs: int) -> Tim
     return max((timed_generate(engine, prompts, params) for _ in range(runs)), key=lambda t: t.tokens_per_second or 0)
 
 
-def one_at_a_time(engine, prompts: list[list[int]], params) -> Timed:
-    """Each prompt alone, times summed: the latency view, where tokens per forward pay off."""
-    runs = [timed_generate(engine, [p], params) for p in prompts]
-    return Timed([o for r in runs for o in r.outputs], sum(r.seconds for r in runs))
-
-
 def device_sync(device) -> Callable[[], None] | None:
     """What waits for a device's queued kernels: CUDA calls return before the work is done, so a timer
     that does not wait measures the launch, not the work. None on CPU, where calls return finished."""

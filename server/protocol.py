@@ -90,7 +90,7 @@ class D2FExtensions(_Common):
     tau_add: float | None = Field(None, ge=0, le=1)
     tau_act: float | None = Field(None, ge=0, le=1)
     tau_conf: float | None = Field(None, ge=0, le=1)
-    draft_width: int | None = Field(None, ge=1, le=MAX_DRAFT_WIDTH)  # exact mode's draft tree (greedy)
+    draft_width: int | None = Field(None, ge=1, le=MAX_DRAFT_WIDTH)  # exact mode: first-draft candidates
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     ignore_eos: bool = False
 

@@ -176,13 +176,14 @@ class Algorithm:
     def attention_windows(self, seq: Sequence, start: int, end: int,
                           ends: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         """The window's rows cut into attention calls, in order: (rows, keys [0, k_len) they attend over,
-        [rows, k_len] bool mask). Instead of k_len, a call may name its keys' sequence positions: [Lk]
-        (mask [rows, Lk] or None), or [rows, Lk], one query per row over its own keys (mask None).
-        Generic: the whole window in one call."""
+        [rows, k_len] bool mask). Instead of k_len, a call may name its keys' sequence positions [Lk] (mask
+        [rows, Lk] or None). A call of one row runs as a decode call (calls.py), which an algorithm may
+        also return itself to put several single-query rows in one. Generic: the whole window in one call."""
         return [(end - start, end, self.attention_rows(seq, start, end, end, ends))]
 
     def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
-        """RoPE positions of the window's rows: the sequence's own indices (a draft tree reuses them)."""
+        """RoPE positions of the window's rows: the sequence's own indices (exact mode's extra rows reuse
+        them)."""
         return torch.arange(start, end)
 
     def attention_rows(self, seq: Sequence, start: int, end: int, k_len: int, ends: torch.Tensor) -> torch.Tensor:

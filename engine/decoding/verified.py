@@ -18,18 +18,24 @@ a rejection draws from normalize(max(0, p - q)): the standard speculative-sampli
 follows p exactly. The drafts of one round are drawn independently (each mask row sees masks, not the
 other drafts), so q of each is its own row's distribution.
 
-Draft tree (greedy, knobs.draft_width w > 1): a rejected first draft leaves the next forward with no
-draft at all, so the runner-up tokens for the first draft are verified too, each in a side branch that
-repeats the drafts after it and has masks of its own:
+After a rejection the next forward still needs drafts, made without the AR token that replaced the first
+draft. Two groups of extra rows provide them:
+  - the fallback group: m masks at positions c, c+1, ... that see only the committed prefix;
+  - runner-up candidates (greedy, knobs.draft_width w > 1): the drafter's next w - 1 tokens for d_1, each
+    a clean row at d_1's position that sees the prefix and itself. When the AR token at c is one of them,
+    that row has already run the AR model on it, so its prediction for c+1 is a draft that is nearly
+    always right (it only misses where another GEMM row rounds differently).
 
-    [ ... committed | c_1 .. c_w | d_2 x w | ... | masks of branch 1 | ... | masks of branch w ]
+    [ ... committed | d_1 .. d_k | masks | fallback masks | c_2 .. c_w ]
 
-Clean rows are laid out by depth (the w rows of one depth have key sets of one length: the prefix and
-their own branch, stacked into one attention call whose rows get their lone bits), masks by branch (one
-call; a mask sees the prefix and its own branch). A branch's rows take the positions the main branch's
-have. The AR row before c_1 picks the branch whose candidate it agrees with; that branch is verified as
-above, and its K/V rows are copied to the canonical slots (Sequence.kv_moves). The output is the AR
-model's greedy output whatever the width; width only raises how often a forward has a draft to check.
+Neither group ever commits anything: commits come only from the AR rows of the committed tokens and the
+verified drafts, so the output is the AR model's greedy output whatever the width, and the extra rows'
+K/V (slots past the window's drafts) is never kept.
+
+Attention: every answer row is a single-query row of one decode call (calls.py) over the sequence's keys
+in order; the clean rows see exactly AR's key prefix, in the GEMM row AR gives their position, so they
+get AR's bits, and the drafting rows ride in the same call. At block 2 and width up to 5 that is one
+call a layer, as AR decoding has.
 
 Between forwards the sequence's tokens are the committed ones only; `begin` appends the drafts and masks
 and `step` cuts them off again.
@@ -42,6 +48,7 @@ import torch
 
 from ..sequence import Knobs, Sequence
 from .ar_preserving import ARPreserving
+from .calls import decode_calls
 
 if TYPE_CHECKING:
     from ..runner import Work
@@ -52,69 +59,51 @@ class Verified(ARPreserving):
     fallback = True  # a forward with drafts also drafts for the case that it rejects them all
 
     def shape(self, seq: Sequence) -> tuple[int, int, int, int]:
-        """(drafts k, branches, masks per branch, fallback masks) of the next forward.
+        """(drafts k, candidates for d_1, masks, fallback masks) of the next forward.
 
         block_size - 1 masks, fewer when max_tokens is near (a forward commits at most k + 1 tokens; drafts
-        past the end are useless). The fallback group's masks sit at c, c+1, ...: drafts for the positions
-        after the AR token at c, made without it, for when every candidate at c is rejected (the next
-        forward then still has drafts to check; a forward without drafts needs none: its masks are that).
-        The main branch ends by prompt + max_tokens; side branches and the fallback group take at most
-        `overhang` sequence indices (KV slots) past it."""
+        past the end are useless). The fallback group and the runner-up candidates are only for a forward
+        with drafts (a forward without any needs none: its masks are that), and take at most `overhang`
+        sequence indices (KV slots) past prompt + max_tokens."""
         k = len(seq.drafts)
         room = seq.prompt_len + seq.knobs.max_tokens - seq.end  # answer tokens still allowed
         masks = min(seq.knobs.block_size - 1, max(0, room - k - 1))
         fallback = min(seq.knobs.block_size - 1, max(0, room - 1)) if self.fallback and k else 0
-        return k, 1 + len(seq.draft_alts) if k else 1, masks, fallback
+        candidates = 1 + len(seq.draft_alts) if k and room > 1 else 1
+        return k, candidates, masks, fallback
 
     def overhang(self, knobs: Knobs) -> int:
-        """KV slots a window may take past prompt + max_tokens: the fallback group and the side branches,
-        each at most a main branch (drafts + masks)."""
-        return (knobs.block_size - 1) * (int(self.fallback) + 2 * (knobs.draft_width - 1))
+        """KV slots a window may take past prompt + max_tokens: the fallback group and the candidates."""
+        return (knobs.block_size - 1) * int(self.fallback) + knobs.draft_width - 1
 
     def growth(self, seq: Sequence) -> int:
         """Positions appended before the forward; at least one, so a forward is always planned as one that
         appends (a lone placeholder is left out of the window: the AR token is read from the row before)."""
-        k, branches, masks, fallback = self.shape(seq)
-        return max(1, branches * (k + masks) + fallback)
+        k, candidates, masks, fallback = self.shape(seq)
+        return max(1, k + masks + fallback + candidates - 1)
 
     def window(self, seq: Sequence, end: int, add: bool, shift_logits: bool) -> tuple[int, int, list[int]]:
+        # Rows read (each predicts index + 1): the last committed token's (the AR token at c), the draft
+        # rows (AR tokens), the masks, the fallback masks and the candidates (the next drafts).
         c = seq.end
-        k, branches, masks, fallback = self.shape(seq)
-        # Rows read (each predicts index + 1): the last committed token's (the AR token at c), then per
-        # branch its clean rows (AR tokens) and its mask rows (the next drafts).
-        predict = [c]
-        for i in range(branches):
-            predict += [self._clean(c, branches, i, j) + 1 for j in range(k)]
-            predict += [self._mask(c, k, branches, masks, i, r) + 1 for r in range(masks)]
-        first = c + branches * (k + masks)  # the fallback group comes last
-        predict += [first + r + 1 for r in range(fallback)]
+        k, candidates, masks, fallback = self.shape(seq)
+        predict = [c] + [c + j + 1 for j in range(k + masks + fallback + candidates - 1)]
         if not k + masks:
             end -= 1  # the placeholder
         return end, c, predict
-
-    @staticmethod
-    def _clean(c: int, branches: int, i: int, j: int) -> int:
-        """Sequence index of branch i's clean row at depth j (its candidate at j = 0)."""
-        return c + j * branches + i
-
-    @staticmethod
-    def _mask(c: int, k: int, branches: int, masks: int, i: int, r: int) -> int:
-        return c + k * branches + i * masks + r
 
     # ---- executing a Work ---------------------------------------------------------------------
     def begin(self, work: Work) -> None:
         if not work.add_block:  # a prompt chunk
             return
         seq = work.seq
-        k, branches, masks, fallback = self.shape(seq)  # before the sequence grows: it reads its end
-        firsts = (seq.drafts[:1] + seq.draft_alts)[:branches]
-        for j in range(k):
-            seq.tokens.extend(firsts if j == 0 else [seq.drafts[j]] * branches)
+        k, candidates, masks, fallback = self.shape(seq)  # before the sequence grows: it reads its end
+        alts = seq.draft_alts[:candidates - 1]
         placeholder = 0 if k + masks else 1
-        tail = masks * branches + fallback + placeholder
-        seq.tokens.extend([seq.mask_id] * tail)
-        seq.is_masked.extend([False] * (k * branches) + [True] * tail)
-        seq.tree = (seq.end - k * branches - tail, k, branches, masks, fallback)
+        tail = masks + fallback + placeholder
+        seq.tree = (seq.end, k, candidates, masks, fallback)
+        seq.tokens.extend(seq.drafts + [seq.mask_id] * tail + alts)
+        seq.is_masked.extend([False] * k + [True] * tail + [False] * len(alts))
 
     def step(self, work: Work, logits: torch.Tensor) -> int:
         seq = work.seq
@@ -125,36 +114,33 @@ class Verified(ARPreserving):
             return 0
         if not bool(torch.isfinite(logits.sum())):  # one sum: see Algorithm.step
             raise FloatingPointError("non-finite logits")
-        _, k, branches, masks, _ = tree
-        per = k + masks  # rows read per branch
-        branch = 0
-        if branches > 1:  # greedy: the branch whose candidate the AR token at c agrees with, if any
-            first, _ = self.choose(logits[:1], seq.knobs, None)
-            firsts = seq.drafts[:1] + seq.draft_alts
-            branch = firsts.index(int(first)) if int(first) in firsts[:branches] else 0
-        rows = logits[1 + branch * per:1 + (branch + 1) * per]
-        fallback_rows = logits[1 + branches * per:]
-        drafts = ([seq.drafts[0] if branch == 0 else seq.draft_alts[branch - 1]] + seq.drafts[1:]) if k else []
-        seq.drafts = drafts
-        ar_rows = torch.cat([logits[:1], rows[:k]])
+        _, k, candidates, masks, fallback = tree
+        drafts = seq.drafts
+        ar_rows = logits[:1 + k]
+        mask_rows = logits[1 + k:1 + k + masks]
+        fallback_rows = logits[1 + k + masks:1 + k + masks + fallback]
+        candidate_rows = logits[1 + k + masks + fallback:]
         accepted, token = self.verify(seq, ar_rows)
         self.count(seq, k, accepted)
         new = drafts[:accepted] + [token]
+        alts = seq.draft_alts[:candidates - 1]
         del seq.tokens[c:], seq.is_masked[c:]
         seq.tokens.extend(new)
         seq.is_masked.extend([False] * len(new))
         # Rows up to the last accepted draft saw only final tokens: their K/V written by this forward are
         # the AR model's. The token after them has not been fed yet; rejected positions are never cached.
-        # A side branch's (or, in a tree, a deeper) accepted row sits elsewhere: the engine copies its K/V.
-        moves = [(self._clean(c, branches, branch, j), c + j) for j in range(accepted)]
-        seq.kv_moves = [(src, dst) for src, dst in moves if src != dst]
         seq.cached_len = c + accepted
         seq.eos_seen = any(t in seq.knobs.stop_ids for t in new)
         # Row j is the AR model's distribution at c + j: the committed tokens' logprobs are exact AR ones.
         self.record_logprobs(seq, list(range(c, c + len(new))), ar_rows[:len(new)])
-        if accepted == k and not seq.eos_seen:
-            seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, rows[k:])
-        elif accepted == 0 and fallback_rows.shape[0] and not seq.eos_seen:  # drafted without the token at c
+        if seq.eos_seen:
+            seq.drafts, seq.draft_probs, seq.draft_alts = [], None, []
+        elif accepted == k:
+            seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, mask_rows)
+        elif accepted == 0 and token in alts:  # a runner-up was the AR token: its row drafts what follows
+            seq.drafts, seq.draft_probs, seq.draft_alts = self.follow(seq, candidate_rows[alts.index(token)],
+                                                                      fallback_rows[1:])
+        elif accepted == 0 and fallback_rows.shape[0]:  # drafted without the token at c
             seq.drafts, seq.draft_probs, seq.draft_alts = self.propose(seq, fallback_rows)
         else:  # the mask rows drafted after a rejected token (or past the end): useless
             seq.drafts, seq.draft_probs, seq.draft_alts = [], None, []
@@ -210,6 +196,11 @@ class Verified(ARPreserving):
         q = self.probabilities(rows, seq.knobs)
         return torch.multinomial(q, 1, generator=seq.generator).squeeze(-1).tolist(), q, []
 
+    def follow(self, seq: Sequence, row: torch.Tensor, later: torch.Tensor):
+        """Drafts after an accepted runner-up candidate: its own row's prediction for the next position,
+        then the fallback masks' for the ones after (propose's return)."""
+        return self.propose(seq, torch.cat([row[None], later]))
+
     @staticmethod
     def count(seq: Sequence, k: int, accepted: int) -> None:
         stats = seq.draft_stats
@@ -222,60 +213,48 @@ class Verified(ARPreserving):
             stats.accepted[j] += j < accepted
 
     # ---- attention (the runner asks) ----------------------------------------------------------
-    def attention_windows(self, seq: Sequence, start: int, end: int,
-                          ends: torch.Tensor) -> list[tuple[int, object, torch.Tensor | None]]:
-        """Clean rows attend in exactly the calls AR decoding makes for them, so their bits are AR's in any
-        dtype, not merely close (attention kernels round differently by query and key count): prompt rows
-        in one call over the prompt, as AR's prefill; each answer row alone over the keys up to itself, as
-        an AR step (a draft tree's rows of one depth stacked, each over its own keys: the single-query
-        kernel gives a stacked row its lone bits). The mask rows then attend in one call of their own:
-        each sees the committed tokens and its own branch."""
-        c, k, branches, masks, _ = seq.tree if seq.tree is not None else (end, 0, 1, 0, 0)
+    def attention_windows(self, seq: Sequence, start: int, end: int, ends: torch.Tensor) -> list:
+        """Clean rows attend exactly as AR decoding's rows do, so their bits are AR's in any dtype, not
+        merely close: prompt rows in one call over the prompt, as AR's prefill; each answer row as a
+        single-query row over the keys up to itself, in the GEMM row AR gives its position (calls.py).
+        A mask sees the committed tokens and its own group; a candidate, the committed tokens and itself."""
+        c, k = (seq.tree[0], seq.tree[1]) if seq.tree is not None else (end, 0)
         out, i = [], start
         prompt_end = min(seq.prompt_len, c)
         if i < prompt_end:
             causal = torch.arange(prompt_end)[None, :] <= torch.arange(i, prompt_end)[:, None]
             out.append((prompt_end - i, prompt_end, causal))
             i = prompt_end
-        out += [(1, p + 1, None) for p in range(i, c)]
-        prefix = torch.arange(c)
-        for j in range(k):
-            if branches == 1:
-                out.append((1, c + j + 1, None))
-            else:
-                own = torch.tensor([[self._clean(c, branches, b, d) for d in range(j + 1)] for b in range(branches)])
-                out.append((branches, torch.cat([prefix.expand(branches, c), own], dim=1), None))
-        first = self._mask(c, k, branches, masks, 0, 0)
-        if first < end:
-            _, branch = self._tree_rows(seq.tree, end)
-            key_branch = torch.cat([torch.full((c,), -1), branch])  # -1: the committed prefix
-            row_branch = key_branch[first:]
-            mask = (key_branch[None, :] < 0) | (key_branch[None, :] == row_branch[:, None])
-            out.append((end - first, end, mask))
+        if i < end:
+            keys = torch.arange(end)
+            rows = torch.arange(i, end)
+            group = torch.cat([torch.full((c,), -1), self._groups(seq.tree, end)])  # -1: committed
+            own = (group[None, :] < 0) | (group[None, :] == group[i:, None])
+            clean = rows < c + k  # the committed tokens not yet cached and the drafts: AR's rows
+            visible = torch.where(clean[:, None], keys[None, :] <= rows[:, None], own)
+            out += decode_calls(end, visible, [p if p < c + k else None for p in range(i, end)])
         return out
 
     def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
-        """A side branch's rows, and the fallback group's, take the main branch's positions."""
+        """The fallback group sits at the drafts' positions, and every candidate at d_1's."""
         if seq.tree is None:
             return torch.arange(start, end)
-        c = seq.tree[0]
-        pos, _ = self._tree_rows(seq.tree, end)
+        c, k, _, masks, _ = seq.tree
+        rel = torch.arange(end - c)
+        group = self._groups(seq.tree, end)
+        pos = torch.where(group == 0, c + rel, torch.where(group == 1, c + rel - k - masks, c))
         return torch.cat([torch.arange(start, c), pos[max(start - c, 0):]])
 
     @staticmethod
-    def _tree_rows(tree: tuple[int, int, int, int, int], end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position and branch of each sequence index in [c, end), the layout _clean and _mask name: clean
-        rows by depth, then masks by branch, then the fallback group (branch number `branches`)."""
-        c, k, branches, masks, _ = tree
+    def _groups(tree: tuple[int, int, int, int, int] | None, end: int) -> torch.Tensor:
+        """Group of each sequence index in [c, end): 0 the drafts and masks, 1 the fallback group, 2 + i
+        candidate i (each alone)."""
+        if tree is None:
+            return torch.zeros(0, dtype=torch.long)
+        c, k, _, masks, fallback = tree
         rel = torch.arange(end - c)
-        clean_rows, branch_rows = k * branches, k * branches + masks * branches
-        m = rel - clean_rows
-        per = max(masks, 1)
-        pos = torch.where(rel < clean_rows, c + torch.div(rel, branches, rounding_mode="floor"),
-                          torch.where(rel < branch_rows, c + k + m % per, c + rel - branch_rows))
-        branch = torch.where(rel < clean_rows, rel % branches,
-                             torch.where(rel < branch_rows, torch.div(m, per, rounding_mode="floor"), branches))
-        return pos, branch
+        per = k + masks
+        return torch.where(rel < per, 0, torch.where(rel < per + fallback, 1, 2 + rel - per - fallback))
 
     # ---- outputs ------------------------------------------------------------------------------
     def emit_boundary(self, seq: Sequence) -> int:

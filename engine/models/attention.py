@@ -1,61 +1,77 @@
-"""Attention for one sequence's window: a plain fp32 matmul path for single-query windows, SDPA otherwise.
+"""Attention for one sequence's window: SDPA for a window of several queries, a fixed-shape decode call for
+single-query rows.
 
 torch's (2.13) CPU SDPA is a flash kernel with a fixed cost per call that dominates one query over a few
-hundred keys (in bf16: ~200-300 us per SmolLM2 layer, against ~90 us for matmul-softmax-matmul), and
-single-query windows are what AR decoding and the tail of D2F decoding run. Wider windows keep SDPA,
-which is as fast or faster there (bench/attention.py).
+hundred keys, and single-query rows are what AR decoding (and exact mode's clean rows) run, so those go
+through `decode_attention`: two fp32 matmuls and a softmax in a call whose shapes do not depend on how
+many rows it carries. Wider windows (prefill, D2F blocks) keep SDPA, which is as fast or faster there.
 
-The decoder calls this once per sequence with that sequence's own query and key lengths, never padded to
-its batch neighbours', so a sequence's bits cannot depend on what else is in the batch. Exact mode also
-stacks single-query rows that have key sets of one length (each row its own keys) into one call: the
-single-query path is therefore row-invariant, each row's bits those it gets alone (tested).
+The decoder calls attention once per sequence with that sequence's own query and key counts, never padded
+to its batch neighbours', so a sequence's bits cannot depend on what else is in the batch.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+# A decode call always computes ROWS query rows over a multiple of BUCKET keys. A row's bits then depend
+# only on its own query, the keys it sees, the key count rounded up to BUCKET and the GEMM row it sits in,
+# never on the call's other rows: a matmul's output row reads only its own input row, given the same
+# shapes. AR decoding puts the row for position p in GEMM row p % ROWS over bucket(p + 1) keys; a call
+# that gives a row the same GEMM row and key count reproduces AR's bits exactly, so exact mode verifies
+# several positions, and drafts at others, in one call per layer instead of one call per row. Eight rows
+# hold an exact-mode forward at block 2 with up to 5 candidates, or block 3 without any; against four,
+# they cost a decode call about 10% (the products are tiny; the calls' fixed cost dominates).
+ROWS = 8
+BUCKET = 64
+
+
+def bucket(keys: int) -> int:
+    """Keys a decode call computes over for `keys` real ones."""
+    return -(-keys // BUCKET) * BUCKET
+
 
 def attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Scaled dot-product attention in the decoder's layout.
+    """Scaled dot-product attention (SDPA) in the decoder's layout.
 
     q [B, Lq, Hq, D]; kv [B, Lk, 2 * Hkv, D], the KV cache's layout: K heads then V heads (Hq a multiple of
     Hkv: query head h reads KV head h // (Hq/Hkv)); mask [B, 1, Lq, Lk] bool (True = may attend) or None.
     Returns [B, Lq, Hq, D] in q's dtype.
     """
     hkv = kv.shape[2] // 2
-    if q.shape[1] == 1:
-        return matmul_attention(q, kv[:, :, :hkv], kv[:, :, hkv:], mask)
     k, v = kv[:, :, :hkv], kv[:, :, hkv:]
     return F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
         enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Same contract as attention() (k, v [B, Lk, Hkv, D]), with scores, softmax and the weighted sum in
-    fp32 whatever the model dtype (bf16 scores would be several times further from the exact answer than
-    SDPA, which also keeps them in fp32). GQA without repeating K/V: the query heads sharing a KV head are
-    rows of one product. A row with no visible key gives zeros, as SDPA's CPU kernel does.
+def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """Single-query rows in one fixed-shape call.
 
-    Both products are elementwise multiplies reduced over one axis, not matmuls: a reduction gives each
-    output element the same summation order whatever B is, while CPU bmm's blocking (measured) changes
-    with the batch count, so a stacked row would not get its lone bits. Cost is on par for one query."""
-    b, lq, hq, d = q.shape
-    hkv = k.shape[2]
+    q [R, Hq, D] (R <= ROWS); kv [M, 2 * Hkv, D] with M = bucket(valid): the first `valid` are the keys,
+    the rest anything (zeroed here, so a stale NaN in a slot past them cannot leak in); place [R] the GEMM
+    row of each query row, distinct; bias [ROWS, M] fp32: 0 where the row in that GEMM row may attend,
+    -inf elsewhere (every row sees at least one key). Scores, softmax and the weighted sum run in fp32
+    whatever the model dtype (bf16 scores would be several times further from the exact answer than SDPA,
+    which also keeps them in fp32). GQA without repeating K/V: the query heads sharing a KV head are rows
+    of one product. Returns [R, Hq * D] in q's dtype.
+    """
+    r, hq, d = q.shape
+    m, hkv = kv.shape[0], kv.shape[1] // 2
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
     g = hq // hkv
-    qf = q.float().view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
-    # One copy each: the cast to fp32 and the [B, Hkv, Lk, D] layout in the same op.
-    kf = k.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
-    vf = v.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
-    scores = (qf[:, :, :, None, :] * kf[:, :, None]).sum(-1).mul_(d ** -0.5)  # [B, Hkv, g * Lq, Lk]
-    if mask is not None:
-        hidden = mask.logical_not()[:, :, None].expand(b, 1, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, -1)
-        scores.masked_fill_(hidden, float("-inf"))
+    qf = q.new_zeros((hkv, ROWS, g, d), dtype=torch.float32)
+    qf.index_copy_(1, place, q.view(r, hkv, g, d).transpose(0, 1).float())
+    # One copy: the fp32 cast into the [heads, keys, D] layout both products read without another copy
+    # (and never a view of the cache, which the zeroing below would write to).
+    kvf = torch.empty((2 * hkv, m, d), dtype=torch.float32, device=kv.device).copy_(kv.permute(1, 0, 2))
+    if valid < m:
+        kvf[:, valid:] = 0
+    scores = torch.matmul(qf.view(hkv, ROWS * g, d), kvf[:hkv].transpose(1, 2)).mul_(d ** -0.5)
+    scores.view(hkv, ROWS, g, m).add_(bias[:, None])
     probs = torch.softmax(scores, dim=-1)
-    if mask is not None:
-        probs.nan_to_num_(0.0)  # fully masked rows: softmax over all -inf is NaN; SDPA gives 0
-    out = (probs[..., None] * vf[:, :, None]).sum(-2)  # [B, Hkv, g * Lq, D]
-    return out.to(q.dtype).view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d)
+    out = torch.matmul(probs, kvf[hkv:]).view(hkv, ROWS, g, d)
+    mine = out.index_select(1, place).transpose(0, 1)
+    return torch.empty(mine.shape, dtype=q.dtype, device=q.device).copy_(mine).view(r, hq * d)  # one copy

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, decode_attention
 from .layer import FUSED, fused_weights, layer_forward, rms_norm, rope_tables
 from .linear import Linear, onednn_supported
 from .mask_adapter import MaskAdapter
@@ -24,10 +24,13 @@ class SeqWindow:
     """One sequence's part of the packed step, as attention sees it: exactly the shapes it has alone."""
     rows: int                  # its packed rows start at the sum of the earlier windows' rows
     # KV slots of every key it attends over (cached prefix + this window): [Lk] indices, or a slice when
-    # its pages are consecutive, so its keys are a view of the cache instead of a gathered copy; or
-    # [rows, Lk]: one query per row, each over its own keys (exact mode's stacked draft rows; mask None).
+    # its pages are consecutive, so its keys are a view of the cache instead of a gathered copy.
     slots: torch.Tensor | slice
-    mask: torch.Tensor | None  # [1, 1, rows, Lk] bool, True = may attend; None = attend to all
+    # SDPA: [1, 1, rows, Lk] bool, True = may attend; None = attend to all. A decode call (place set):
+    # the additive [ROWS, Lk] fp32 bias of attention.decode_attention.
+    mask: torch.Tensor | None
+    place: torch.Tensor | None = None  # a decode call: [rows] GEMM row of each query row
+    valid: int = 0                     # a decode call: its real keys (the rest of the bucket is padding)
 
 
 @dataclass(slots=True)
@@ -105,14 +108,14 @@ class Decoder(torch.nn.Module):
         hd = spec.head_dim
         out, start = [], 0
         for w in batch.windows:
-            if isinstance(w.slots, slice):
-                keys = layer_kv[w.slots][None]
-            elif w.slots.dim() == 2:  # stacked rows: [rows, Lk] keys, one query each
-                keys = layer_kv[w.slots]
+            keys = layer_kv[w.slots] if isinstance(w.slots, slice) else layer_kv.index_select(0, w.slots)
+            queries = q[start:start + w.rows]
+            if w.place is not None:
+                out.append(decode_attention(queries.view(w.rows, spec.num_heads, hd), keys, w.valid, w.place,
+                                            w.mask))
             else:
-                keys = layer_kv.index_select(0, w.slots)[None]
-            queries = q[start:start + w.rows].view(keys.shape[0], -1, spec.num_heads, hd)
-            out.append(attention(queries, keys, w.mask).reshape(w.rows, -1))
+                out.append(attention(queries.view(1, w.rows, spec.num_heads, hd), keys[None], w.mask)
+                           .reshape(w.rows, -1))
             start += w.rows
         if start < q.shape[0]:  # alignment padding rows: zeros
             out.append(q.new_zeros(q.shape[0] - start, spec.num_heads * hd))

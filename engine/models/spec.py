@@ -36,7 +36,7 @@ class ModelSpec:
     # positions, so its state, and the logit predicting the leftmost mask, are exactly the AR model's;
     # that leftmost mask is committed every forward; an adapter acts only at mask positions.
     ar_preserving: bool = False
-    # Exact mode's default draft tree width (greedy): candidates verified for the first draft of a forward.
+    # Exact mode's default draft width (greedy): the drafter's top tokens run for a forward's first draft.
     draft_width: int = 1
 
     @property

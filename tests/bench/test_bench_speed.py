@@ -49,7 +49,8 @@ def test_d2f_checkpoint_reports_every_preset(tmp_path, capsys, ar_preserving):
         ck.write_mask_adapter(d, seed=1)
     r = _bench(d, capsys)
     _check_common(r)
-    exact = {"exact/2", "exact/3", "exact/2/2", "exact/2/4"} if ar_preserving else set()  # exact mode exists on AR-preserving models
+    # exact mode exists on AR-preserving models
+    exact = {"exact/2", "exact/3", "exact/2/2", "exact/2/3", "exact/2/4"} if ar_preserving else set()
     assert set(r["d2f_tok_s"]) == {"quality", "balanced", "fast"} | exact
     for preset in r["d2f_tok_s"].values():
         assert preset["tokens"] == 6 and 1 <= preset["forwards"]

@@ -1,9 +1,8 @@
-"""Exact mode's draft tree (draft_width > 1, greedy): runner-up candidates for the first draft verified in
-side branches of the same forward.
+"""Exact mode's runner-up candidates (draft_width > 1, greedy): the drafter's next tokens for the first
+draft ride in the same forward as clean rows, so when one of them is the AR token its row drafts the next.
 
 The output stays the AR model's greedy output for every width and block size, alone, batched and preempted;
-an accepted side branch's K/V, copied to the main branch's slots, are bit for bit the ones AR decoding
-writes there; sampling ignores the width.
+the cache is bit for bit AR decoding's; sampling ignores the width.
 """
 
 import pytest
@@ -40,9 +39,9 @@ def _ar(max_tokens: int) -> DecodeParams:
     return DecodeParams(max_tokens=max_tokens, block_size=1, ignore_eos=True)
 
 
-def _side_oracle(answers: dict, wrong_first):
+def _runner_up_oracle(answers: dict, wrong_first):
     """A drafter whose drafts are the AR answer, except that at the answer indices `wrong_first` names the
-    first draft is wrong and the AR token is its runner-up: only a side branch can accept it."""
+    first draft is wrong and the AR token is its runner-up."""
     def propose(seq, rows):
         ref, n = answers[tuple(seq.prompt_ids)], seq.end - seq.prompt_len
         drafts = [ref[i] for i in range(n, n + rows.shape[0])]
@@ -83,25 +82,39 @@ def test_greedy_is_ar_greedy_at_every_width(dirs, eng, block, width):
         assert out.num_forwards <= ar.num_forwards
 
 
-def test_a_side_branch_commits_and_its_kv_is_ar_bits(eng, monkeypatch):
-    """First drafts wrong but the AR token a runner-up: the side branches carry the answer (as many
-    forwards as a right drafter needs), and the cache they leave is exactly AR decoding's."""
+def test_a_runner_up_candidate_drafts_the_next_token(eng, monkeypatch):
+    """First drafts wrong but the AR token a runner-up: the candidate's own row (the AR model run on it)
+    drafts the token after it, and that draft is the AR token, so the forward after such a rejection
+    commits two tokens where width 1 (whose fallback drafts this drafter also gets wrong) commits one.
+    The cache left behind is exactly AR decoding's."""
     prompts = [ck.random_prompt(90 + i, 4 + 3 * i) for i in range(3)]
     answers = {tuple(p): eng.generate([p], _ar(30))[0].token_ids for p in prompts}
     kv = _snapshot_kv(eng, monkeypatch)
     for i, p in enumerate(prompts):
         eng.add_request(f"ar{i}", p, _ar(30))
-        eng.add_request(f"all{i}", p, _exact(4, 1, max_tokens=30))
-        eng.add_request(f"side{i}", p, _exact(4, 3, max_tokens=30))
-    monkeypatch.setattr(eng.verified, "propose", _side_oracle(answers, lambda n: True))
+        eng.add_request(f"all{i}", p, _exact(2, 1, max_tokens=30))
+        eng.add_request(f"side{i}", p, _exact(2, 3, max_tokens=30))
+    oracle = _runner_up_oracle(answers, lambda n: True)
+    real_propose, real_follow, following = eng.verified.propose, eng.verified.follow, []
+
+    def follow(seq, row, later):  # the candidate row's drafts are the model's own
+        following.append(True)
+        try:
+            return real_follow(seq, row, later)
+        finally:
+            following.pop()
+    monkeypatch.setattr(eng.verified, "follow", follow)
+    monkeypatch.setattr(eng.verified, "propose", lambda seq, rows: real_propose(seq, rows) if following
+                        else oracle(seq, rows))
     outs = {}
     while eng.has_unfinished():
         outs |= {o.request_id: o for o in eng.step() if o.finished}
     for i, p in enumerate(prompts):
         side, narrow = outs[f"side{i}"], outs[f"all{i}"]
         assert side.token_ids == narrow.token_ids == answers[tuple(p)]
-        assert side.num_forwards < narrow.num_forwards  # width 1 has no branch holding the right token
-        assert side.num_forwards <= 1 + -(-29 // 4)  # every forward after the first commits a whole window
+        assert narrow.num_forwards >= 29  # every first draft wrong: one token a forward
+        # Rejected (1 token), then the candidate's draft accepted (2 tokens), and so on.
+        assert side.num_forwards <= 2 + 2 * 29 // 3
         tokens, cached = kv[f"side{i}"]
         ar_tokens, ar_cached = kv[f"ar{i}"]
         n = min(len(tokens), len(ar_tokens))
@@ -173,6 +186,6 @@ def test_fallback_drafts_keep_a_forward_after_a_rejection_checking(eng, monkeypa
 def test_a_pool_without_room_for_the_extra_rows_refuses_not_hangs(dirs):
     small = make_engine(dirs["arp"], kv_cache_memory=40 * 512, page_size=4)  # 40 slots
     small.validate([5] * 8, _exact(4, 1, max_tokens=29))  # 37 + 3 fallback masks
-    with pytest.raises(RequestError, match="extra draft rows needs 52 KV slots"):
-        small.validate([5] * 8, _exact(4, 3, max_tokens=29))  # 37 + 3 + 2 side branches of 6
+    with pytest.raises(RequestError, match="extra draft rows needs 42 KV slots"):
+        small.validate([5] * 8, _exact(4, 3, max_tokens=29))  # 37 + 3 fallback masks + 2 candidates
     small.validate([5] * 8, DecodeParams(max_tokens=32, block_size=1))

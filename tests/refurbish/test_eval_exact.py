@@ -56,3 +56,27 @@ def test_eval_refuses_exact_where_there_are_no_ar_rows(tmp_path, arp, capsys):
     for bad in ("exact/0", "exact/x", "exact/4/0", "exact/4/2/1"):
         with pytest.raises(ValueError, match="exact, exact/block_size or exact/block_size/draft_width"):
             parse_knobs(bad)
+
+
+def test_single_stream_times_the_settings_interleaved():
+    """Prompt i runs under every setting before prompt i + 1 does, in a rotating order, so a slow phase of
+    the machine is shared by all settings; each setting's rate is its own tokens over its own seconds."""
+    from types import SimpleNamespace
+
+    from d2f.refurbish.eval import single_stream
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name, tokens):
+            self.name, self.tokens = name, tokens
+
+        def generate(self, prompts, params):
+            calls.append((self.name, prompts[0][0]))
+            return [SimpleNamespace(token_ids=[0] * self.tokens, num_forwards=1)]
+
+    runs = [(Fake("ar", 2), None), (Fake("a", 3), None), (Fake("b", 5), None)]
+    rates = single_stream(runs, [[i] for i in range(4)])
+    assert [p for _, p in calls] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert [n for n, _ in calls[:6]] == ["ar", "a", "b", "a", "b", "ar"]
+    assert all(r > 0 for r in rates) and len(rates) == 3
