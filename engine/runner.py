@@ -120,6 +120,9 @@ class Runner:
         bias = torch.zeros(ROWS, m)
         place = torch.tensor(call.place, dtype=torch.long)
         bias[place] = rows
+        first_row = call.place[0]
+        if call.place == list(range(first_row, first_row + call.rows)):  # AR's lone row, most calls
+            return SeqWindow(call.rows, keys, bias.to(self.device), slice(first_row, first_row + call.rows), lk)
         return SeqWindow(call.rows, keys, bias.to(self.device), place.to(self.device), lk)
 
     def _logits(self, works: list[Work], hidden: torch.Tensor) -> list[torch.Tensor]:

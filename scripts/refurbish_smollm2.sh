@@ -52,8 +52,8 @@ fi
 
 # Shipped knob defaults, from a single-stream sweep over block size 2/4, tau_add 0.5/1.0 and tau_conf 0.5-0.9:
 # block 2 with the next block opened only when the current one is done kept the AR answers best. Exact
-# mode's draft width 1: widths 1-3 of exact/2 ran at the same single-stream speed (within 3%), and width 1
-# keeps batched throughput nearly AR's where each runner-up row costs (docs/refurbish.md).
+# mode's draft width 1: the fastest exact/2 point single-stream and batched (a runner-up row past four rows
+# costs a second attention call a layer; docs/refurbish.md).
 "$py" - "$work/d2f/config.json" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))

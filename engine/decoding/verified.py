@@ -34,7 +34,7 @@ K/V (slots past the window's drafts) is never kept.
 
 Attention: every answer row is a single-query row of one decode call (calls.py) over the sequence's keys
 in order; the clean rows see exactly AR's key prefix, in the GEMM row AR gives their position, so they
-get AR's bits, and the drafting rows ride in the same call. At block 2 and width up to 5 that is one
+get AR's bits, and the drafting rows ride in the same call. At block 2 and width 1 that is one
 call a layer, as AR decoding has.
 
 Between forwards the sequence's tokens are the committed ones only; `begin` appends the drafts and masks

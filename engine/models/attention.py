@@ -19,10 +19,11 @@ import torch.nn.functional as F
 # never on the call's other rows: a matmul's output row reads only its own input row, given the same
 # shapes. AR decoding puts the row for position p in GEMM row p % ROWS over bucket(p + 1) keys; a call
 # that gives a row the same GEMM row and key count reproduces AR's bits exactly, so exact mode verifies
-# several positions, and drafts at others, in one call per layer instead of one call per row. Eight rows
-# hold an exact-mode forward at block 2 with up to 5 candidates, or block 3 without any; against four,
-# they cost a decode call about 10% (the products are tiny; the calls' fixed cost dominates).
-ROWS = 8
+# several positions, and drafts at others, in one call per layer instead of one call per row. Four rows
+# hold an exact-mode forward at block 2 (the last committed token, the draft, its mask, the fallback
+# mask). The padding rows are real work for AR's lone row: measured interleaved at 300 keys, a call
+# costs 141 us with 4 rows against 163 with 8 (the mul-sum kernel this replaced: 115-130).
+ROWS = 4
 BUCKET = 64
 
 
@@ -45,13 +46,13 @@ def attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> t
         enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
 
 
-def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch.Tensor,
+def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch.Tensor | slice,
                      bias: torch.Tensor) -> torch.Tensor:
     """Single-query rows in one fixed-shape call.
 
     q [R, Hq, D] (R <= ROWS); kv [M, 2 * Hkv, D] with M = bucket(valid): the first `valid` are the keys,
     the rest anything (zeroed here, so a stale NaN in a slot past them cannot leak in); place [R] the GEMM
-    row of each query row, distinct; bias [ROWS, M] fp32: 0 where the row in that GEMM row may attend,
+    row of each query row, distinct (a slice when they are consecutive: no index ops); bias [ROWS, M] fp32: 0 where the row in that GEMM row may attend,
     -inf elsewhere (every row sees at least one key). Scores, softmax and the weighted sum run in fp32
     whatever the model dtype (bf16 scores would be several times further from the exact answer than SDPA,
     which also keeps them in fp32). GQA without repeating K/V: the query heads sharing a KV head are rows
@@ -63,7 +64,11 @@ def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch
         raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
     g = hq // hkv
     qf = q.new_zeros((hkv, ROWS, g, d), dtype=torch.float32)
-    qf.index_copy_(1, place, q.view(r, hkv, g, d).transpose(0, 1).float())
+    mine = q.view(r, hkv, g, d).transpose(0, 1)
+    if isinstance(place, slice):
+        qf[:, place] = mine
+    else:
+        qf.index_copy_(1, place, mine.float())
     # One copy: the fp32 cast into the [heads, keys, D] layout both products read without another copy
     # (and never a view of the cache, which the zeroing below would write to).
     kvf = torch.empty((2 * hkv, m, d), dtype=torch.float32, device=kv.device).copy_(kv.permute(1, 0, 2))
@@ -73,5 +78,5 @@ def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch
     scores.view(hkv, ROWS, g, m).add_(bias[:, None])
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, kvf[hkv:]).view(hkv, ROWS, g, d)
-    mine = out.index_select(1, place).transpose(0, 1)
+    mine = (out[:, place] if isinstance(place, slice) else out.index_select(1, place)).transpose(0, 1)
     return torch.empty(mine.shape, dtype=q.dtype, device=q.device).copy_(mine).view(r, hq * d)  # one copy

@@ -29,7 +29,7 @@ class SeqWindow:
     # SDPA: [1, 1, rows, Lk] bool, True = may attend; None = attend to all. A decode call (place set):
     # the additive [ROWS, Lk] fp32 bias of attention.decode_attention.
     mask: torch.Tensor | None
-    place: torch.Tensor | None = None  # a decode call: [rows] GEMM row of each query row
+    place: torch.Tensor | slice | None = None  # a decode call: the GEMM row of each query row
     valid: int = 0                     # a decode call: its real keys (the rest of the bucket is padding)
 
 
