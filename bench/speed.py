@@ -18,9 +18,10 @@ from d2f.engine.timing import device_sync, fastest_generate, median_ms, rss_mb
 
 PROMPT = "Explain in a few sentences why the sky is blue, then give one everyday example."
 
-# Exact mode's points, name -> (block size, draft width): block sizes 2 and 3, and block 2 with a draft
-# tree of 2 and 4 candidates.
-EXACT_POINTS = {"exact/2": (2, 1), "exact/3": (3, 1), "exact/2/2": (2, 2), "exact/2/3": (2, 3), "exact/2/4": (2, 4)}
+# Exact mode's points, name -> (block size, draft width): block sizes 2 and 3, and block 2 with 2-4 candidates
+# for the first draft.
+EXACT_POINTS = {"exact/2": (2, 1), "exact/3": (3, 1), "exact/2/2": (2, 2), "exact/2/3": (2, 3),
+                "exact/2/4": (2, 4)}
 
 
 @dataclass

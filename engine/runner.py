@@ -118,12 +118,13 @@ class Runner:
         rows = torch.full((call.rows, m), float("-inf"))
         rows[:, :lk].masked_fill_(call.visible, 0.0)
         bias = torch.zeros(ROWS, m)
-        place = torch.tensor(call.place, dtype=torch.long)
-        bias[place] = rows
+        bias[call.place] = rows
         first_row = call.place[0]
         if call.place == list(range(first_row, first_row + call.rows)):  # AR's lone row, most calls
-            return SeqWindow(call.rows, keys, bias.to(self.device), slice(first_row, first_row + call.rows), lk)
-        return SeqWindow(call.rows, keys, bias.to(self.device), place.to(self.device), lk)
+            place = slice(first_row, first_row + call.rows)
+        else:
+            place = torch.tensor(call.place, dtype=torch.long, device=self.device)
+        return SeqWindow(call.rows, keys, bias.to(self.device), place, lk)
 
     def _logits(self, works: list[Work], hidden: torch.Tensor) -> list[torch.Tensor]:
         """Logits only for predicted positions (shifted models read the row before each position) and

@@ -103,10 +103,10 @@ class Sequence:
     draft_probs: torch.Tensor | None = None
     draft_stats: DraftStats | None = None
     # Greedy exact mode with draft_width > 1: the runner-up tokens for drafts[0], each a candidate row of
-    # the next forward; `tree` is that forward's layout (first index, drafts, candidates, masks, fallback
+    # the next forward; `layout` is that forward's layout (first index, drafts, candidates, masks, fallback
     # masks; set before it, cleared after).
     draft_alts: list[int] = field(default_factory=list)
-    tree: tuple[int, int, int, int, int] | None = None
+    layout: tuple[int, int, int, int, int] | None = None
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

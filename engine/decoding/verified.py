@@ -101,20 +101,20 @@ class Verified(ARPreserving):
         alts = seq.draft_alts[:candidates - 1]
         placeholder = 0 if k + masks else 1
         tail = masks + fallback + placeholder
-        seq.tree = (seq.end, k, candidates, masks, fallback)
+        seq.layout = (seq.end, k, candidates, masks, fallback)
         seq.tokens.extend(seq.drafts + [seq.mask_id] * tail + alts)
         seq.is_masked.extend([False] * k + [True] * tail + [False] * len(alts))
 
     def step(self, work: Work, logits: torch.Tensor) -> int:
         seq = work.seq
         c = work.commit_upto
-        tree, seq.tree = seq.tree, None
+        layout, seq.layout = seq.layout, None
         if not work.predict:
             seq.cached_len = c
             return 0
         if not bool(torch.isfinite(logits.sum())):  # one sum: see Algorithm.step
             raise FloatingPointError("non-finite logits")
-        _, k, candidates, masks, fallback = tree
+        _, k, candidates, masks, fallback = layout
         drafts = seq.drafts
         ar_rows = logits[:1 + k]
         mask_rows = logits[1 + k:1 + k + masks]
@@ -218,7 +218,7 @@ class Verified(ARPreserving):
         merely close: prompt rows in one call over the prompt, as AR's prefill; each answer row as a
         single-query row over the keys up to itself, in the GEMM row AR gives its position (calls.py).
         A mask sees the committed tokens and its own group; a candidate, the committed tokens and itself."""
-        c, k = (seq.tree[0], seq.tree[1]) if seq.tree is not None else (end, 0)
+        c, k = (seq.layout[0], seq.layout[1]) if seq.layout is not None else (end, 0)
         out, i = [], start
         prompt_end = min(seq.prompt_len, c)
         if i < prompt_end:
@@ -228,7 +228,7 @@ class Verified(ARPreserving):
         if i < end:
             keys = torch.arange(end)
             rows = torch.arange(i, end)
-            group = torch.cat([torch.full((c,), -1), self._groups(seq.tree, end)])  # -1: committed
+            group = torch.cat([torch.full((c,), -1), self._groups(seq.layout, end)])  # -1: committed
             own = (group[None, :] < 0) | (group[None, :] == group[i:, None])
             clean = rows < c + k  # the committed tokens not yet cached and the drafts: AR's rows
             visible = torch.where(clean[:, None], keys[None, :] <= rows[:, None], own)
@@ -237,21 +237,21 @@ class Verified(ARPreserving):
 
     def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         """The fallback group sits at the drafts' positions, and every candidate at d_1's."""
-        if seq.tree is None:
+        if seq.layout is None:
             return torch.arange(start, end)
-        c, k, _, masks, _ = seq.tree
+        c, k, _, masks, _ = seq.layout
         rel = torch.arange(end - c)
-        group = self._groups(seq.tree, end)
+        group = self._groups(seq.layout, end)
         pos = torch.where(group == 0, c + rel, torch.where(group == 1, c + rel - k - masks, c))
         return torch.cat([torch.arange(start, c), pos[max(start - c, 0):]])
 
     @staticmethod
-    def _groups(tree: tuple[int, int, int, int, int] | None, end: int) -> torch.Tensor:
+    def _groups(layout: tuple[int, int, int, int, int] | None, end: int) -> torch.Tensor:
         """Group of each sequence index in [c, end): 0 the drafts and masks, 1 the fallback group, 2 + i
         candidate i (each alone)."""
-        if tree is None:
+        if layout is None:
             return torch.zeros(0, dtype=torch.long)
-        c, k, _, masks, fallback = tree
+        c, k, _, masks, fallback = layout
         rel = torch.arange(end - c)
         per = k + masks
         return torch.where(rel < per, 0, torch.where(rel < per + fallback, 1, 2 + rel - per - fallback))

@@ -52,8 +52,8 @@ def decode_attention(q: torch.Tensor, kv: torch.Tensor, valid: int, place: torch
 
     q [R, Hq, D] (R <= ROWS); kv [M, 2 * Hkv, D] with M = bucket(valid): the first `valid` are the keys,
     the rest anything (zeroed here, so a stale NaN in a slot past them cannot leak in); place [R] the GEMM
-    row of each query row, distinct (a slice when they are consecutive: no index ops); bias [ROWS, M] fp32: 0 where the row in that GEMM row may attend,
-    -inf elsewhere (every row sees at least one key). Scores, softmax and the weighted sum run in fp32
+    row of each query row, distinct (a slice when they are consecutive: no index ops); bias [ROWS, M]
+    fp32: 0 where the row in that GEMM row may attend, -inf elsewhere (every row sees at least one key). Scores, softmax and the weighted sum run in fp32
     whatever the model dtype (bf16 scores would be several times further from the exact answer than SDPA,
     which also keeps them in fp32). GQA without repeating K/V: the query heads sharing a KV head are rows
     of one product. Returns [R, Hq * D] in q's dtype.
